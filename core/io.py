@@ -1,0 +1,157 @@
+"""Atomic file writes and strict (de)serialization of configs and training state.
+
+Every file the project writes goes to a temporary sibling first and is renamed into place, so a crash
+leaves either the old file or the new one, never a half-written file that looks valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated or does not match what the code expects."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_save_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing file {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON (truncated or corrupt?): {e}") from e
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing file {path}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+
+
+# ---- frozen dataclass configs <-> JSON, with no silent defaults -------------------------------------
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Turn a JSON value back into the dataclass field type (tuples, nested dataclasses)."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return config_from_dict(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], where)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if origin is dict:
+        _, vt = typing.get_args(hint)
+        return {k: _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def config_from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass `cls` from `data`, requiring exactly its fields: no defaults filled in silently."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where}: expected a JSON object for {cls.__name__}, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    missing, extra = sorted(names - set(data)), sorted(set(data) - names)
+    if missing or extra:
+        raise CheckpointError(
+            f"{where}: fields do not match {cls.__name__}: missing {missing or 'none'}, unexpected {extra or 'none'}"
+        )
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _coerce(data[name], hints[name], f"{where}.{name}") for name in names})
+
+
+# ---- optimizer state without pickle ----------------------------------------------------------------
+
+
+def optimizer_state_to_safetensors(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split `optimizer.state_dict()` into tensors (for safetensors) and a JSON-able skeleton."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton: dict[str, Any] = {"param_groups": state_dict["param_groups"], "state": {}}
+    for pid, pstate in state_dict["state"].items():
+        entry = {}
+        for name, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                key = f"{pid}/{name}"
+                tensors[key] = value
+                entry[name] = {"tensor": key}
+            else:
+                entry[name] = value
+        skeleton["state"][str(pid)] = entry
+    return tensors, skeleton
+
+
+def optimizer_state_from_safetensors(tensors: dict[str, torch.Tensor], skeleton: dict[str, Any]) -> dict[str, Any]:
+    state = {}
+    for pid, entry in skeleton["state"].items():
+        state[int(pid)] = {
+            name: tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v for name, v in entry.items()
+        }
+    return {"state": state, "param_groups": skeleton["param_groups"]}

@@ -1,0 +1,150 @@
+"""Collect scripted-expert demonstrations into a zarr episode store.
+
+    python -m data.collect --env metaworld/push-v3 --episodes 50 --out demos/push.zarr
+
+Episode k uses env seed `seed_start + k`, so every demo is reproducible from its seed. Only successful
+episodes are kept (the expert is run until success plus `post_success_steps`, or the step limit); failures
+are dropped and counted. The store is written to a temporary directory and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tyro
+from tqdm import tqdm
+
+from data.store import EpisodeStore, write_store_atomically
+from envs.make import env_properties, make_env, split_env_name
+
+
+class CollectionError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    env: str = "metaworld/push-v3"
+    """Environment, as <suite>/<task>."""
+    episodes: int = 50
+    """Successful episodes to keep."""
+    out: Path = Path("demos/push.zarr")
+    """Output zarr store (must not exist unless --overwrite)."""
+    seed_start: int = 0
+    """Seed of the first attempted episode; attempt k uses seed_start + k."""
+    max_attempts: int | None = None
+    """Give up after this many attempts (default: 2 * episodes + 10)."""
+    post_success_steps: int = 10
+    """Expert steps recorded after the first success, so demos show holding the goal."""
+    max_episode_steps: int | None = None
+    """Step limit per attempt (default: the env's)."""
+    overwrite: bool = False
+    """Replace an existing store at --out."""
+
+
+@dataclass
+class CollectReport:
+    kept_seeds: list[int]
+    dropped_seeds: list[int]
+
+    def summary(self) -> str:
+        attempts = len(self.kept_seeds) + len(self.dropped_seeds)
+        return f"kept {len(self.kept_seeds)} successful episodes, dropped {len(self.dropped_seeds)} failed of {attempts} attempts"
+
+
+def expert_for(env_name: str):
+    suite, task = split_env_name(env_name)
+    if suite == "metaworld":
+        from envs.metaworld import BROKEN_EXPERTS, scripted_expert
+
+        if task in BROKEN_EXPERTS:
+            raise CollectionError(
+                f"no usable scripted expert for {env_name}: {BROKEN_EXPERTS[task]}. "
+                "Record demos another way (teleoperation, an importer) or pick another task."
+            )
+        expert = scripted_expert(task)
+        return lambda env: expert.get_action(env.unwrapped.raw_obs)
+    raise AssertionError(suite)
+
+
+def rollout_expert(env, act, seed: int, post_success_steps: int) -> tuple[dict[str, np.ndarray], bool]:
+    """One expert episode from `seed`. Returns (episode arrays, success)."""
+    states, actions = [], []
+    obs, _ = env.reset(seed=seed)
+    steps_after_success = None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
+        while True:
+            action = np.clip(np.asarray(act(env), dtype=np.float32), -1.0, 1.0)
+            states.append(obs["state"])
+            actions.append(action)
+            obs, _, _, truncated, info = env.step(action)
+            if steps_after_success is None and info["success"]:
+                steps_after_success = 0
+            elif steps_after_success is not None:
+                steps_after_success += 1
+            if truncated or (steps_after_success is not None and steps_after_success >= post_success_steps):
+                break
+    episode = {"state": np.stack(states).astype(np.float32), "action": np.stack(actions).astype(np.float32)}
+    return episode, steps_after_success is not None
+
+
+def collect(cfg: CollectConfig, progress: bool = True) -> tuple[EpisodeStore, CollectReport]:
+    act = expert_for(cfg.env)  # fails fast on unknown envs and broken experts
+    env = make_env(cfg.env, **({"max_episode_steps": cfg.max_episode_steps} if cfg.max_episode_steps else {}))
+    max_attempts = cfg.max_attempts or 2 * cfg.episodes + 10
+    if Path(cfg.out).exists() and not cfg.overwrite:
+        raise CollectionError(f"{cfg.out} already exists; pass --overwrite to replace it or choose another --out")
+    episodes: list[dict[str, np.ndarray]] = []
+    report = CollectReport([], [])
+    bar = tqdm(total=cfg.episodes, desc=f"collect {cfg.env}", disable=not progress)
+    for attempt in range(max_attempts):
+        if len(episodes) == cfg.episodes:
+            break
+        seed = cfg.seed_start + attempt
+        episode, success = rollout_expert(env, act, seed, cfg.post_success_steps)
+        if success:
+            episodes.append(episode)
+            report.kept_seeds.append(seed)
+            bar.update(1)
+        else:
+            report.dropped_seeds.append(seed)
+    bar.close()
+    env.close()
+    if len(episodes) < cfg.episodes:
+        raise CollectionError(
+            f"{cfg.env}: the scripted expert succeeded in only {len(episodes)} of {max_attempts} attempts "
+            f"(wanted {cfg.episodes}); raise --max-attempts or pick another task. Nothing was written."
+        )
+    props = env_properties(cfg.env)
+    store = write_store_atomically(
+        cfg.out,
+        episodes,
+        env_id=cfg.env,
+        fps=props["fps"],
+        source="scripted expert (data.collect)",
+        extra_attrs={
+            "episode_seeds": report.kept_seeds,
+            "dropped_seeds": report.dropped_seeds,
+            "post_success_steps": cfg.post_success_steps,
+            "success_definition": props["success_definition"],
+        },
+        overwrite=cfg.overwrite,
+    )
+    return store, report
+
+
+def main() -> None:
+    cfg = tyro.cli(CollectConfig)
+    try:
+        store, report = collect(cfg)
+    except (CollectionError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"{report.summary()}; wrote {store.path} ({store.n_episodes} episodes, {store.n_steps} steps)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""One entry point for environments: `make_env("metaworld/push-v3")` and its vectorized form."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import gymnasium as gym
+
+SUITES = ("metaworld",)
+
+
+def split_env_name(name: str) -> tuple[str, str]:
+    """'metaworld/push-v3' -> ('metaworld', 'push-v3'), with a clear error for anything else."""
+    suite, sep, task = name.partition("/")
+    if not sep or suite not in SUITES:
+        raise ValueError(f"env name {name!r} must look like '<suite>/<task>' with suite in {SUITES}, e.g. metaworld/push-v3")
+    if suite == "metaworld":
+        from envs.metaworld import check_task
+
+        check_task(task)
+    return suite, task
+
+
+def make_env(name: str, **kwargs: Any) -> gym.Env:
+    suite, task = split_env_name(name)
+    if suite == "metaworld":
+        from envs.metaworld import MetaWorldEnv
+
+        return MetaWorldEnv(task, **kwargs)
+    raise AssertionError(suite)
+
+
+def env_properties(name: str) -> dict[str, Any]:
+    """Static facts about an env: fps, episode limit and how success is defined."""
+    suite, _ = split_env_name(name)
+    if suite == "metaworld":
+        from envs import metaworld
+
+        return {"fps": metaworld.FPS, "max_episode_steps": metaworld.MAX_EPISODE_STEPS, "success_definition": metaworld.SUCCESS_DEFINITION}
+    raise AssertionError(suite)
+
+
+def make_vector_env(name: str, n_envs: int, per_env_kwargs: list[dict[str, Any]] | None = None, asynchronous: bool = True, **kwargs: Any) -> gym.vector.VectorEnv:
+    """`n_envs` copies in spawned subprocesses (safe with MuJoCo); autoreset is off, callers reset explicitly."""
+    per_env_kwargs = per_env_kwargs or [{} for _ in range(n_envs)]
+    fns = [functools.partial(make_env, name, **kwargs, **extra) for extra in per_env_kwargs]
+    if asynchronous and n_envs > 1:
+        return gym.vector.AsyncVectorEnv(fns, context="spawn", autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)

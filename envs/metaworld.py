@@ -1,0 +1,135 @@
+"""Meta-World v3 tasks as seeded, goal-observable gymnasium envs.
+
+Meta-World's own `gym.make("Meta-World/MT1", ...)` draws each episode's object and goal positions from
+50 pre-sampled "tasks" with a wrapper RNG, so `reset(seed=s)` does not pin the initial state. Here every
+reset with a seed draws a fresh initial state (object and goal positions) from the task's full random
+reset space, using only that seed: episode `s` is the same on every machine and in every process.
+This is the goal-observable protocol used by the DP3 paper.
+
+Observation: `{"state": float32 (39,)}`. Action: float32 (4,) in [-1, 1].
+Success definition: Meta-World's `info["success"]` at any step of the episode.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+SUCCESS_DEFINITION = 'Meta-World info["success"] == 1 at any step of the episode'
+STATE_DIM = 39
+ACTION_DIM = 4
+MAX_EPISODE_STEPS = 500
+FPS = 80  # Meta-World's render_fps metadata
+
+# Expert that ships with Meta-World and never succeeds in v3 (measured: 0/10 and more).
+BROKEN_EXPERTS = {"hand-insert-v3": "its scripted expert in metaworld 3.1 never reaches success"}
+
+
+def task_names() -> list[str]:
+    return list(ALL_V3_ENVIRONMENTS)
+
+
+def check_task(task: str) -> str:
+    """Return `task` if Meta-World has it, else raise listing the close matches."""
+    if task in ALL_V3_ENVIRONMENTS:
+        return task
+    close = difflib.get_close_matches(task, task_names(), n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown Meta-World task {task!r}.{hint} Known tasks: {len(task_names())} v3 tasks, e.g. push-v3.")
+
+
+def make_fast_renderable(model: mujoco.MjModel) -> None:
+    """Turn off shadows, reflections and anti-aliasing: about 7x faster offscreen rendering on CPU."""
+    model.vis.quality.shadowsize = 0
+    model.vis.quality.offsamples = 0
+    model.mat_reflectance[:] = 0.0
+    model.light_castshadow[:] = 0
+
+
+class MetaWorldEnv(gym.Env):
+    """One Meta-World v3 task with seeded initial states and a dict observation."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
+
+    def __init__(
+        self,
+        task: str,
+        max_episode_steps: int = MAX_EPISODE_STEPS,
+        terminate_on_success: bool = False,
+        render_mode: str | None = None,
+        camera_name: str = "corner2",
+        width: int = 256,
+        height: int = 256,
+    ) -> None:
+        check_task(task)
+        if not 1 <= max_episode_steps <= MAX_EPISODE_STEPS:
+            raise ValueError(f"max_episode_steps must be in [1, {MAX_EPISODE_STEPS}], got {max_episode_steps}")
+        self.task = task
+        self.max_episode_steps = max_episode_steps
+        self.terminate_on_success = terminate_on_success
+        self.render_mode = render_mode
+        self.camera_name = camera_name
+        env = ALL_V3_ENVIRONMENTS[task](render_mode=render_mode, camera_name=camera_name, width=width, height=height)
+        env._partially_observable = False  # goal position is part of the observation
+        del env.sawyer_observation_space  # cached property; recompute for the new observability
+        env._set_task_called = True
+        env._freeze_rand_vec = False
+        env.seeded_rand_vec = True  # draw initial states from env.np_random, which reset(seed) pins
+        if render_mode is not None:
+            make_fast_renderable(env.model)
+        self._env = env
+        self.observation_space = gym.spaces.Dict(
+            {"state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)}
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+        self._steps = 0
+        self._raw_obs = np.zeros(STATE_DIM)
+
+    @property
+    def raw_obs(self) -> np.ndarray:
+        """The latest float64 observation, as the scripted experts expect it."""
+        return self._raw_obs
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._env.seed(seed)
+        obs, _ = self._env.reset()
+        self._steps = 0
+        self._raw_obs = obs
+        info = {"success": False, "init_state": np.asarray(self._env._last_rand_vec, dtype=np.float64).copy()}
+        return {"state": obs.astype(np.float32)}, info
+
+    def step(self, action: np.ndarray):
+        action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        obs, reward, _, _, info = self._env.step(action)
+        self._steps += 1
+        self._raw_obs = obs
+        success = bool(info["success"])
+        terminated = success and self.terminate_on_success
+        truncated = self._steps >= self.max_episode_steps
+        return {"state": obs.astype(np.float32)}, float(reward), terminated, truncated, {"success": success}
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode is None:
+            return None
+        frame = self._env.render()
+        if self.camera_name in ("corner", "corner2"):
+            frame = frame[::-1]  # these cameras render upside down
+        return np.ascontiguousarray(frame)
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def scripted_expert(task: str):
+    """Meta-World's hand-written expert for `task`: `expert.get_action(raw_obs) -> action`."""
+    from metaworld.policies import ENV_POLICY_MAP
+
+    check_task(task)
+    return ENV_POLICY_MAP[task]()

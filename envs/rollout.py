@@ -1,0 +1,157 @@
+"""Seeded, vectorized policy evaluation: success rate with a Wilson 95% interval, per-episode records, videos.
+
+Episodes run in waves of `n_envs` parallel envs. Episode i starts from `reset(seed=seed_start + i)`,
+so its initial state depends only on its seed. The policy's sampling noise is seeded per wave
+(torch.manual_seed(first seed of the wave)), so a rerun with the same n_envs repeats every action.
+An episode succeeds when the env's `info["success"]` is true at any step; it then terminates.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envs.make import env_properties, make_vector_env
+
+
+@dataclass
+class EpisodeRecord:
+    seed: int
+    success: bool
+    length: int
+    """Steps until success, or until the step limit on failure."""
+    init_state: list[float]
+    """The env's random reset vector (object and goal positions) drawn from `seed`."""
+
+
+@dataclass
+class EvalResult:
+    env: str
+    n_episodes: int
+    success_rate: float
+    ci95: tuple[float, float]
+    mean_length: float
+    success_definition: str
+    max_episode_steps: int
+    episodes: list[EpisodeRecord] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lo, hi = self.ci95
+        return (
+            f"{self.env}: success {self.success_rate:.1%} (95% CI {lo:.1%}-{hi:.1%}) over {self.n_episodes} episodes, "
+            f"mean length {self.mean_length:.1f} steps"
+        )
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion; well-behaved at 0% and 100%."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _to_tensor_obs(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in obs.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    policy,
+    env_name: str,
+    n_episodes: int,
+    seed_start: int = 100_000,
+    n_envs: int = 10,
+    max_episode_steps: int | None = None,
+    video_dir: str | os.PathLike | None = None,
+    n_videos: int = 0,
+    video_size: int = 256,
+    progress: bool = True,
+) -> EvalResult:
+    """Roll `policy` (the Policy contract: reset/select_action) out for `n_episodes` seeded episodes."""
+    from tqdm import tqdm
+
+    props = env_properties(env_name)
+    max_steps = max_episode_steps or props["max_episode_steps"]
+    n_envs = max(1, min(n_envs, n_episodes))
+    n_videos = min(n_videos, n_envs) if video_dir is not None else 0
+    per_env = [
+        {"render_mode": "rgb_array", "width": video_size, "height": video_size} if i < n_videos else {} for i in range(n_envs)
+    ]
+    envs = make_vector_env(env_name, n_envs, per_env_kwargs=per_env, max_episode_steps=max_steps, terminate_on_success=True)
+    device = next(policy.parameters()).device
+    policy.eval()
+    records: list[EpisodeRecord] = []
+    videos: list[str] = []
+    try:
+        bar = tqdm(total=n_episodes, desc=f"eval {env_name}", disable=not progress, leave=False)
+        for wave_start in range(0, n_episodes, n_envs):
+            n_active = min(n_envs, n_episodes - wave_start)
+            seeds = [seed_start + wave_start + i for i in range(n_envs)]
+            torch.manual_seed(seeds[0])
+            obs, info = envs.reset(seed=seeds)
+            init_states = np.asarray(info["init_state"])
+            policy.reset()
+            done = np.zeros(n_envs, dtype=bool)
+            success = np.zeros(n_envs, dtype=bool)
+            length = np.zeros(n_envs, dtype=np.int64)
+            record_video = wave_start == 0 and n_videos > 0
+            frames: list[list[np.ndarray]] = [[] for _ in range(n_videos)] if record_video else []
+            while not done[:n_active].all():
+                if record_video:
+                    for i, frame in enumerate(envs.call("render")[:n_videos]):
+                        if not done[i]:
+                            frames[i].append(frame)
+                action = policy.select_action(_to_tensor_obs(obs, device)).cpu().numpy()
+                obs, _, terminated, truncated, info = envs.step(action)
+                length += ~done
+                success |= ~done & np.asarray(info["success"], dtype=bool)
+                newly_done = ~done & (terminated | truncated)
+                done |= newly_done
+                bar.update(int(newly_done[:n_active].sum()))
+            for i in range(n_active):
+                records.append(EpisodeRecord(seeds[i], bool(success[i]), int(length[i]), init_states[i].tolist()))
+            if record_video:
+                videos += _write_videos(frames, Path(video_dir), seeds, success, props["fps"])
+        bar.close()
+    finally:
+        envs.close()
+    n_success = sum(r.success for r in records)
+    return EvalResult(
+        env=env_name,
+        n_episodes=len(records),
+        success_rate=n_success / len(records),
+        ci95=wilson_interval(n_success, len(records)),
+        mean_length=float(np.mean([r.length for r in records])),
+        success_definition=props["success_definition"],
+        max_episode_steps=max_steps,
+        episodes=records,
+        videos=videos,
+    )
+
+
+def _write_videos(frames: list[list[np.ndarray]], directory: Path, seeds: list[int], success: np.ndarray, fps: int) -> list[str]:
+    import imageio.v3 as iio
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, episode_frames in enumerate(frames):
+        tag = "success" if success[i] else "failure"
+        path = directory / f"episode_{i:03d}_seed{seeds[i]}_{tag}.mp4"
+        tmp = path.with_name(f".{path.name}.tmp.mp4")
+        iio.imwrite(tmp, np.stack(episode_frames), fps=min(fps, 30), codec="libx264")
+        os.replace(tmp, path)
+        paths.append(str(path))
+    return paths

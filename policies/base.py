@@ -1,0 +1,166 @@
+"""The policy contract shared by every policy type, and checkpoint save/load.
+
+A policy works on observation windows of `n_obs_steps` and predicts chunks of `horizon` actions, of which
+`select_action` executes `n_action_steps` before planning again. Normalization lives inside the policy:
+inputs and outputs of `predict_action_chunk` and `select_action` are in env units.
+
+Checkpoint directory (written by `save_pretrained`, read by `from_pretrained`):
+    config.json             {"policy_type": ..., "format_version": 1, "config": {every hyperparameter}}
+    model.safetensors       the inference weights (the EMA weights when training used EMA)
+    normalizer.safetensors  per-key normalization statistics and modes
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from core.io import (
+    CheckpointError,
+    atomic_save_safetensors,
+    atomic_write_json,
+    config_from_dict,
+    config_to_dict,
+    load_safetensors,
+    read_json,
+)
+from data.normalize import Normalizer
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+NORMALIZER_FILE = "normalizer.safetensors"
+
+_REGISTRY: dict[str, type["Policy"]] = {}
+
+
+def window_offsets(config: Any) -> dict[str, list[int]]:
+    """Sampler window per key, relative to the current step t: the policy declares what it trains on.
+
+    Observations cover t-n_obs_steps+1 .. t; actions cover the same start and run `horizon` steps.
+    """
+    first = 1 - config.n_obs_steps
+    offsets = {key: list(range(first, 1)) for key in config.state_keys}
+    offsets[config.action_key] = list(range(first, first + config.horizon))
+    return offsets
+
+
+class Policy(nn.Module):
+    """Base class: observation history, action queue, and strict checkpoint I/O."""
+
+    policy_type: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "policy_type" in cls.__dict__:
+            _REGISTRY[cls.policy_type] = cls
+
+    def __init__(self, config: Any, normalizer: Normalizer) -> None:
+        super().__init__()
+        self.config = config
+        self.normalizer = normalizer
+        self._obs_history: deque[dict[str, torch.Tensor]] = deque(maxlen=config.n_obs_steps)
+        self._action_queue: deque[torch.Tensor] = deque()
+
+    # ---- contract --------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Clear the observation history and the action queue (call at every episode start)."""
+        self._obs_history.clear()
+        self._action_queue.clear()
+
+    def predict_action_chunk(self, obs: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> torch.Tensor:
+        """obs[key]: (B, n_obs_steps, *shape) in env units -> actions (B, horizon, action_dim) in env units."""
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss on a normalized-on-the-fly batch of sampler windows."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def select_action(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """obs[key]: (B, *shape) for the current step -> action (B, action_dim).
+
+        Plans a chunk when the queue is empty and executes its steps n_obs_steps-1 ..
+        n_obs_steps-1+n_action_steps-1, the ones aligned with now and the future.
+        """
+        obs = {k: obs[k] for k in self.config.state_keys}
+        if not self._obs_history:  # episode start: repeat the first observation, like the sampler's padding
+            self._obs_history.extend([obs] * self.config.n_obs_steps)
+        else:
+            self._obs_history.append(obs)
+        if not self._action_queue:
+            window = {k: torch.stack([o[k] for o in self._obs_history], dim=1) for k in obs}
+            chunk = self.predict_action_chunk(window)
+            start = self.config.n_obs_steps - 1
+            self._action_queue.extend(chunk[:, start : start + self.config.n_action_steps].unbind(dim=1))
+        return self._action_queue.popleft()
+
+    def window_offsets(self) -> dict[str, list[int]]:
+        return window_offsets(self.config)
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Write config, weights (default: this module's) and normalizer into `directory`, atomically per file."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = weights if weights is not None else self.state_dict()
+        atomic_save_safetensors(directory / WEIGHTS_FILE, state, metadata={"policy_type": self.policy_type})
+        self.normalizer.save(directory / NORMALIZER_FILE)
+        atomic_write_json(
+            directory / CONFIG_FILE,
+            {"policy_type": self.policy_type, "format_version": FORMAT_VERSION, "config": config_to_dict(self.config)},
+        )
+
+    @staticmethod
+    def load_config(directory: str | Path) -> tuple[type["Policy"], Any]:
+        path = Path(directory) / CONFIG_FILE
+        payload = read_json(path)
+        for field in ("policy_type", "format_version", "config"):
+            if field not in payload:
+                raise CheckpointError(f"{path}: missing field {field!r}")
+        if payload["format_version"] != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: format_version {payload['format_version']}, this code reads {FORMAT_VERSION}")
+        policy_type = payload["policy_type"]
+        if policy_type not in _REGISTRY:
+            raise CheckpointError(f"{path}: unknown policy_type {policy_type!r}; known: {sorted(_REGISTRY)}")
+        cls = _REGISTRY[policy_type]
+        return cls, config_from_dict(cls.config_class, payload["config"], where=str(path))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "Policy":
+        """Load any registered policy type from a checkpoint dir. Every file must be present and match."""
+        import policies  # noqa: F401  (registers all policy types)
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(f"no checkpoint directory at {directory}")
+        policy_cls, config = Policy.load_config(directory)
+        if cls is not Policy and not issubclass(policy_cls, cls):
+            raise CheckpointError(f"{directory} holds a {policy_cls.policy_type} policy, not a {cls.policy_type} one")
+        try:
+            normalizer = Normalizer.load(directory / NORMALIZER_FILE)
+        except (ValueError, OSError) as e:
+            raise CheckpointError(str(e)) from e
+        policy = policy_cls(config, normalizer)
+        state = load_safetensors(directory / WEIGHTS_FILE)
+        load_state_dict_strict(policy, state, str(directory / WEIGHTS_FILE))
+        return policy.to(map_location).eval()
+
+
+def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """`load_state_dict` that names every missing, unexpected or mis-shaped tensor."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{where} does not match the model built from config.json: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}"
+        )
+    module.load_state_dict(state, strict=True)

@@ -92,7 +92,7 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -95,6 +95,7 @@ def evaluate(
     policy.eval()
     records: list[EpisodeRecord] = []
     videos: list[str] = []
+    rng_outside = torch.get_rng_state()  # seeding the waves must not disturb a training run's RNG stream
     try:
         bar = tqdm(total=n_episodes, desc=f"eval {env_name}", disable=not progress, leave=False)
         for wave_start in range(0, n_episodes, n_envs):
@@ -128,6 +129,7 @@ def evaluate(
         bar.close()
     finally:
         envs.close()
+        torch.set_rng_state(rng_outside)
     n_success = sum(r.success for r in records)
     return EvalResult(
         env=env_name,

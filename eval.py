@@ -1,0 +1,91 @@
+"""Evaluate a checkpoint in seeded, vectorized episodes.
+
+    python eval.py runs/push-v3-diffusion-seed0 --episodes 50
+    python eval.py runs/push-v3-diffusion-seed0/checkpoints/step_0002500 --episodes 50 --video 3 --out eval.json
+
+Prints success rate, Wilson 95% CI and mean episode length; writes JSON with per-episode seeds, successes,
+lengths and initial states, plus the success definition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tyro
+
+from core.io import CheckpointError, atomic_write_json, read_json
+from envs.rollout import evaluate
+from policies.base import CONFIG_FILE, Policy
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    checkpoint: tyro.conf.Positional[Path]
+    """A checkpoint dir, or a run dir (its checkpoints/last is used)."""
+    episodes: int = 50
+    """Seeded episodes to run."""
+    env: str | None = None
+    """Environment (default: the run's train_config.json env)."""
+    seed_start: int = 100_000
+    """Episode i uses seed seed_start + i."""
+    n_envs: int = 10
+    """Parallel envs (spawned subprocesses)."""
+    max_episode_steps: int | None = None
+    """Step limit per episode (default: the env's)."""
+    video: int = 0
+    """Write mp4s of the first K episodes."""
+    out: Path | None = None
+    """JSON output (default: <checkpoint>/eval_<n>ep_seed<seed_start>.json)."""
+    device: str = "cpu"
+    """torch device."""
+    num_inference_steps: int | None = None
+    """Override the diffusion denoising steps (default: the checkpoint's)."""
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """Accept a checkpoint dir or a run dir; fail clearly on anything else."""
+    if (path / CONFIG_FILE).is_file():
+        return path
+    last = path / "checkpoints" / "last"
+    if last.exists():
+        return last.resolve()
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        raise CheckpointError(f"{path}: run has no complete checkpoint (checkpoints/last is missing)")
+    raise CheckpointError(f"{path}: not a checkpoint dir (no {CONFIG_FILE}) and not a run dir (no checkpoints/last)")
+
+
+def env_of_run(ckpt: Path) -> str | None:
+    train_config = ckpt.parent.parent / "train_config.json"
+    return read_json(train_config)["env"] if train_config.is_file() else None
+
+
+def main() -> None:
+    cfg = tyro.cli(EvalConfig)
+    try:
+        ckpt = resolve_checkpoint(cfg.checkpoint)
+        policy = Policy.from_pretrained(ckpt, map_location=cfg.device)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    if cfg.num_inference_steps is not None:
+        policy.sample_scheduler.set_timesteps(cfg.num_inference_steps)
+    env = cfg.env or env_of_run(ckpt)
+    if env is None:
+        raise SystemExit(f"error: {ckpt} is not inside a run dir with train_config.json; pass --env")
+    video_dir = ckpt / "videos" if cfg.video else None
+    result = evaluate(
+        policy, env, cfg.episodes, seed_start=cfg.seed_start, n_envs=cfg.n_envs,
+        max_episode_steps=cfg.max_episode_steps, video_dir=video_dir, n_videos=cfg.video,
+    )
+    out = cfg.out or ckpt / f"eval_{cfg.episodes}ep_seed{cfg.seed_start}.json"
+    atomic_write_json(out, {"checkpoint": str(ckpt), "torch": torch.__version__, **result.to_dict()})
+    print(result.summary())
+    print(f"success definition: {result.success_definition}")
+    for path in result.videos:
+        print(f"video: {path}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

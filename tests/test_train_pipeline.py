@@ -1,0 +1,144 @@
+"""End to end on CPU: collect (fixture) -> train 2 steps -> save -> resume to 4 -> evaluate in real Meta-World."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import train
+from data.store import EpisodeStore, write_store_atomically
+from policies.base import Policy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train(run_dir: Path, dataset: Path, *extra: str) -> dict:
+    return train.main(["tiny", "--run-dir", str(run_dir), "--dataset", str(dataset), *extra])
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines())]
+
+
+def test_train_save_resume_matches_uninterrupted_run_and_evaluates(tmp_path, push_demos):
+    straight = tmp_path / "straight"
+    run_train(straight, push_demos, "--steps", "4", "--eval-episodes", "0")
+
+    resumed = tmp_path / "resumed"
+    first = run_train(resumed, push_demos, "--steps", "4", "--stop-at", "2")
+    assert Path(first["checkpoint"]).name == "step_0000002" and "eval" not in first
+    summary = run_train(resumed, push_demos, "--steps", "4", "--resume")
+
+    assert [s for s, _ in losses(resumed)] == [1, 2, 3, 4]
+    assert losses(resumed) == losses(straight)  # bit-identical loss curve across the interruption
+    last = resumed / "checkpoints" / "last"
+    assert last.resolve().name == "step_0000004"
+    a = Policy.from_pretrained(last).state_dict()
+    b = Policy.from_pretrained(straight / "checkpoints" / "last").state_dict()
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+    ev = summary["eval"]  # one short episode in real Meta-World physics
+    assert ev["n_episodes"] == 1 and ev["episodes"][0]["seed"] == 100_000
+    assert ev["episodes"][0]["length"] == 16 and len(ev["episodes"][0]["init_state"]) > 0
+    assert "success" in ev["success_definition"]
+    assert json.loads((resumed / "eval.json").read_text())["step"] == 4
+
+
+def test_run_dir_is_never_overwritten_and_resume_checks_config(tmp_path, push_demos):
+    run_dir = tmp_path / "run"
+    run_train(run_dir, push_demos, "--steps", "2", "--eval-episodes", "0")
+    with pytest.raises(SystemExit, match="already exists"):
+        run_train(run_dir, push_demos, "--steps", "2", "--eval-episodes", "0")
+    with pytest.raises(SystemExit, match="lr: run has 0.0003"):
+        run_train(run_dir, push_demos, "--steps", "2", "--lr", "1e-3", "--resume")
+
+
+def test_eval_cli_writes_seeded_json_and_video(tmp_path, push_demos):
+    run_dir = tmp_path / "run"
+    run_train(run_dir, push_demos, "--steps", "2", "--eval-episodes", "0")
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, "eval.py", str(run_dir), "--episodes", "2", "--n-envs", "2", "--max-episode-steps", "8", "--video", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MUJOCO_GL": "egl"})
+    assert proc.returncode == 0, proc.stderr
+    assert "95% CI" in proc.stdout
+    result = json.loads(out.read_text())
+    assert [e["seed"] for e in result["episodes"]] == [100_000, 100_001]
+    assert result["episodes"][0]["init_state"] != result["episodes"][1]["init_state"]  # own seed, own initial state
+    assert {"success_rate", "ci95", "n_episodes", "success_definition"} <= set(result)
+    assert len(result["videos"]) == 1 and Path(result["videos"][0]).stat().st_size > 1000
+
+
+def test_kill_during_checkpoint_save_keeps_last_complete(tmp_path, push_demos):
+    """SIGKILL the trainer halfway through writing a checkpoint; the previous one must stay loadable."""
+    run_dir = tmp_path / "run"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import train, core.io
+        real = core.io.save_file
+        def dying_save(tensors, path, metadata=None):
+            if "step_0000004" in str(path) or "step_0000004" in str(os.path.dirname(path)):
+                with open(path, "wb") as f:
+                    f.write(b"partial")
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(tensors, path, metadata=metadata)
+        core.io.save_file = dying_save
+        train.main(["tiny", "--run-dir", {str(run_dir)!r}, "--dataset", {str(push_demos)!r}, "--steps", "4", "--eval-episodes", "0"])
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    ckpts = run_dir / "checkpoints"
+    assert (ckpts / "last").resolve().name == "step_0000002"
+    assert not (ckpts / "step_0000004").exists()
+    Policy.from_pretrained(ckpts / "last")  # complete and loadable
+    summary = run_train(run_dir, push_demos, "--steps", "4", "--eval-episodes", "0", "--resume")
+    assert Path(summary["checkpoint"]).name == "step_0000004"
+    assert not list(ckpts.glob(".tmp-*"))  # the half-written attempt was cleaned up
+
+
+def test_truncated_checkpoint_file_fails_resume_loudly(tmp_path, push_demos):
+    run_dir = tmp_path / "run"
+    run_train(run_dir, push_demos, "--steps", "4", "--stop-at", "2", "--eval-episodes", "0")
+    opt = run_dir / "checkpoints" / "last" / "train_state" / "optimizer.safetensors"
+    opt.write_bytes(opt.read_bytes()[:100])
+    with pytest.raises(SystemExit, match="optimizer.safetensors is not a readable safetensors file"):
+        run_train(run_dir, push_demos, "--steps", "4", "--eval-episodes", "0", "--resume")
+
+
+def test_bad_datasets_fail_with_clear_errors(tmp_path, push_demos):
+    with pytest.raises(SystemExit, match="no episode store at"):
+        run_train(tmp_path / "r1", tmp_path / "missing.zarr")
+    corrupt = tmp_path / "corrupt.zarr"
+    corrupt.mkdir()
+    (corrupt / "zarr.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="corrupt.zarr"):
+        run_train(tmp_path / "r2", corrupt)
+    with pytest.raises(SystemExit, match=r"policy needs keys \['obs'\]"):
+        run_train(tmp_path / "r3", push_demos, "--policy.state-keys", "obs")
+    with pytest.raises(SystemExit, match=r"policy.action_dim=7 but the store has 4"):
+        run_train(tmp_path / "r4", push_demos, "--policy.action-dim", "7")
+
+    # NaN actions written by some other tool: training refuses the store and names key and episode
+    nan_store = tmp_path / "nan.zarr"
+    src = EpisodeStore.open(push_demos)
+    write_store_atomically(nan_store, [src.get_episode(i) for i in range(src.n_episodes)], env_id="metaworld/push-v3", fps=80, source="test")
+    actions = zarr.open_array(str(nan_store / "data" / "action"), mode="r+")
+    actions[5, 1] = np.nan
+    with pytest.raises(SystemExit, match="action.*NaN|NaN.*action"):
+        run_train(tmp_path / "r5", nan_store)
+
+
+def test_unknown_env_lists_close_matches():
+    with pytest.raises(ValueError, match="Did you mean: push-v3"):
+        train.TrainConfig(env="metaworld/psh-v3")
+    with pytest.raises(ValueError, match="<suite>/<task>"):
+        train.TrainConfig(env="push-v3")

@@ -1,0 +1,377 @@
+"""Train a policy from demonstrations, then evaluate it.
+
+    python train.py                                   # default preset: collect push-v3 demos, train DP, eval 50 episodes
+    python train.py tiny --run-dir runs/smoke         # seconds-long smoke run
+    python train.py default --steps 3000 --policy.down-dims 128 256 512 --dataset demos/push.zarr
+    python train.py default --run-dir runs/x --resume # continue an interrupted run exactly
+
+Run directory:
+    train_config.json         every hyperparameter of the run
+    demos.zarr                collected demos (when --dataset is not given)
+    checkpoints/step_XXXXXXX/ config.json, model.safetensors (EMA weights), normalizer.safetensors,
+                              train_state/ (raw weights, optimizer, lr schedule, step, RNG states)
+    checkpoints/last          symlink to the newest complete checkpoint
+    tb/                       tensorboard scalars; train_log.jsonl: one line per logged step
+    eval.json                 final evaluation (success rate, CI, per-episode seeds)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from tqdm import tqdm
+
+from core.ema import EMA
+from core.io import (
+    CheckpointError,
+    atomic_save_safetensors,
+    atomic_write_json,
+    config_to_dict,
+    load_safetensors,
+    optimizer_state_from_safetensors,
+    optimizer_state_to_safetensors,
+    read_json,
+)
+from data.normalize import Normalizer
+from data.sampler import WindowSampler
+from data.store import EpisodeStore, KeySpec, StoreError
+from envs.make import split_env_name
+from policies.base import Policy, load_state_dict_strict, window_offsets
+from policies.diffusion.config import DiffusionConfig
+from policies.diffusion.policy import DiffusionPolicy
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    env: str = "metaworld/push-v3"
+    """Environment to collect demos in and evaluate on, as <suite>/<task>."""
+    dataset: Path | None = None
+    """Zarr episode store to train on. Default: collect `n_demos` scripted demos into <run_dir>/demos.zarr."""
+    n_demos: int = 50
+    """Scripted demos to collect when no dataset is given."""
+    policy: DiffusionConfig = DiffusionConfig()
+    """Policy hyperparameters (shapes are filled in from the dataset)."""
+    steps: int = 2500
+    """Optimizer steps; also the length of the cosine learning-rate schedule."""
+    stop_at: int | None = None
+    """Save and stop at this step, e.g. to fit a time-boxed job; continue later with --resume."""
+    batch_size: int = 256
+    """Windows per batch."""
+    lr: float = 3e-4
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 1e-6
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.95, 0.999)
+    """AdamW betas."""
+    warmup_steps: int = 100
+    """Linear warm-up before the cosine decay."""
+    grad_clip_norm: float = 1.0
+    """Clip the global gradient norm to this value."""
+    ema_power: float = 0.75
+    """EMA warm-up power (decay = 1 - (1 + step) ** -power)."""
+    ema_max_decay: float = 0.9999
+    """Largest EMA decay. The EMA weights are evaluated and saved as model.safetensors."""
+    seed: int = 0
+    """Seeds model init, batch sampling and diffusion noise."""
+    log_every: int = 25
+    """Steps between logged scalars."""
+    save_every: int = 500
+    """Steps between checkpoints (the last step is always saved)."""
+    eval_every: int = 0
+    """Steps between periodic evaluations (0: none before the final one)."""
+    eval_episodes_periodic: int = 10
+    """Episodes per periodic evaluation."""
+    eval_episodes: int = 50
+    """Episodes in the final evaluation (0: skip)."""
+    eval_n_envs: int = 10
+    """Parallel envs (subprocesses) during evaluation."""
+    eval_seed_start: int = 100_000
+    """Seed of the first evaluation episode; far from the demo seeds, so no eval episode repeats a demo."""
+    eval_max_episode_steps: int | None = None
+    """Step limit per evaluation episode (default: the env's, 500 for Meta-World)."""
+    run_dir: Path | None = None
+    """Where everything goes. Default: runs/<task>-<policy>-seed<seed>. Never overwritten: use --resume."""
+    resume: bool = False
+    """Continue the run in --run-dir from its last checkpoint."""
+    device: str = "cpu"
+    """torch device."""
+    num_threads: int | None = None
+    """torch CPU threads (default: torch's choice)."""
+
+    def __post_init__(self) -> None:
+        split_env_name(self.env)
+        for name in ("steps", "batch_size", "log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def resolved_run_dir(self) -> Path:
+        if self.run_dir is not None:
+            return self.run_dir
+        return Path("runs") / f"{split_env_name(self.env)[1]}-{DiffusionPolicy.policy_type}-seed{self.seed}"
+
+
+PRESETS: dict[str, tuple[str, TrainConfig]] = {
+    "default": ("Meta-World push-v3, 50 scripted demos, state Diffusion Policy, 50-episode eval.", TrainConfig()),
+    "tiny": (
+        "Seconds-long smoke run: 2 demos, a small UNet, 4 steps, 1 short eval episode.",
+        TrainConfig(
+            n_demos=2,
+            steps=4,
+            batch_size=8,
+            log_every=1,
+            save_every=2,
+            warmup_steps=1,
+            eval_episodes=1,
+            eval_n_envs=1,
+            eval_max_episode_steps=16,
+            policy=DiffusionConfig(down_dims=(16, 32), n_groups=4, diffusion_step_embed_dim=16, horizon=8, n_action_steps=4, num_inference_steps=3),
+        ),
+    ),
+}
+
+# Fields that may change on resume without changing what the run computes.
+RESUMABLE_CHANGES = {"resume", "stop_at", "eval_every", "eval_episodes", "eval_n_envs", "log_every", "save_every", "device", "num_threads", "eval_episodes_periodic"}
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+
+def prepare_dataset(cfg: TrainConfig, run_dir: Path) -> Path:
+    if cfg.dataset is not None:
+        return cfg.dataset
+    path = run_dir / "demos.zarr"
+    if not path.exists():
+        from data.collect import CollectConfig, collect
+
+        _, report = collect(CollectConfig(env=cfg.env, episodes=cfg.n_demos, out=path))
+        print(f"demos: {report.summary()} -> {path}")
+    return path
+
+
+def load_training_data(store_path: Path, policy_cfg: DiffusionConfig) -> tuple[EpisodeStore, dict[str, np.ndarray], DiffusionConfig]:
+    """Open and validate the store, check its keys against the policy, fill the policy's shapes."""
+    store = EpisodeStore.open(store_path)
+    keys = [*policy_cfg.state_keys, policy_cfg.action_key]
+    specs = store.key_specs()
+    missing = [k for k in keys if k not in specs]
+    if missing:
+        raise StoreError(f"{store_path}: policy needs keys {missing}, store has {sorted(specs)}")
+    for key in keys:
+        if len(specs[key].shape) != 1:
+            raise StoreError(f"{store_path}: key {key!r} has per-step shape {specs[key].shape}; a state policy expects 1-D vectors")
+    store.check({k: specs[k] for k in keys})
+    state_dims = tuple(specs[k].shape[0] for k in policy_cfg.state_keys)
+    action_dim = specs[policy_cfg.action_key].shape[0]
+    for name, have, want in (("state_dims", policy_cfg.state_dims, state_dims), ("action_dim", policy_cfg.action_dim, action_dim)):
+        if have not in ((), 0, want):
+            raise StoreError(f"{store_path}: policy.{name}={have} but the store has {want} (keys {keys})")
+    policy_cfg = dataclasses.replace(policy_cfg, state_dims=state_dims, action_dim=action_dim)
+    return store, store.load(keys), policy_cfg
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------
+
+
+def save_checkpoint(run_dir: Path, step: int, policy: Policy, ema: EMA, optimizer, lr_schedule, rng: np.random.Generator) -> Path:
+    """Write checkpoints/step_N into a temp dir, rename it into place, then repoint `last`."""
+    ckpt_root = run_dir / "checkpoints"
+    final = ckpt_root / f"step_{step:07d}"
+    tmp = ckpt_root / f".tmp-step_{step:07d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ema.model.save_pretrained(tmp)
+    state_dir = tmp / "train_state"
+    atomic_save_safetensors(state_dir / "raw_model.safetensors", policy.state_dict())
+    opt_tensors, opt_skeleton = optimizer_state_to_safetensors(optimizer.state_dict())
+    atomic_save_safetensors(state_dir / "optimizer.safetensors", opt_tensors)
+    atomic_save_safetensors(state_dir / "rng.safetensors", {"torch": torch.get_rng_state()})
+    atomic_write_json(
+        state_dir / "state.json",
+        {
+            "step": step,
+            "optimizer": opt_skeleton,
+            "lr_schedule": lr_schedule.state_dict(),
+            "ema_num_updates": ema.num_updates,
+            "numpy_rng": rng.bit_generator.state,
+        },
+    )
+    if final.exists():  # a crashed earlier attempt at the same step; the new one replaces it
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    link_tmp = ckpt_root / f".last-{os.getpid()}"
+    link_tmp.unlink(missing_ok=True)
+    os.symlink(final.name, link_tmp)
+    os.replace(link_tmp, ckpt_root / "last")
+    for stale in ckpt_root.glob(".tmp-step_*"):  # leftovers of killed saves
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(ckpt: Path, policy: Policy, ema: EMA, optimizer, lr_schedule, rng: np.random.Generator) -> int:
+    """Restore everything `save_checkpoint` wrote; returns the step. Any missing or bad file is an error."""
+    state_dir = ckpt / "train_state"
+    state = read_json(state_dir / "state.json")
+    ema_policy = Policy.from_pretrained(ckpt)
+    load_state_dict_strict(ema.model, ema_policy.state_dict(), str(ckpt / "model.safetensors"))
+    load_state_dict_strict(policy, load_safetensors(state_dir / "raw_model.safetensors"), str(state_dir / "raw_model.safetensors"))
+    optimizer.load_state_dict(optimizer_state_from_safetensors(load_safetensors(state_dir / "optimizer.safetensors"), state["optimizer"]))
+    lr_schedule.load_state_dict(state["lr_schedule"])
+    ema.num_updates = state["ema_num_updates"]
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(load_safetensors(state_dir / "rng.safetensors")["torch"])
+    return int(state["step"])
+
+
+def check_resume_config(run_dir: Path, cfg: TrainConfig) -> None:
+    saved = read_json(run_dir / "train_config.json")
+    now = config_to_dict(cfg)
+    diff = {k: (saved.get(k), now[k]) for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]}
+    if diff:
+        detail = "; ".join(f"{k}: run has {a!r}, command line has {b!r}" for k, (a, b) in diff.items())
+        raise SystemExit(f"error: --resume with a different config than {run_dir / 'train_config.json'}: {detail}")
+
+
+# ---- main loop --------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig) -> dict:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run_dir = cfg.resolved_run_dir()
+    if cfg.resume:
+        if not (run_dir / "train_config.json").is_file():
+            raise SystemExit(f"error: --resume but {run_dir} holds no run (no train_config.json)")
+        check_resume_config(run_dir, cfg)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise SystemExit(f"error: run dir {run_dir} already exists; pass --resume to continue it or choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        atomic_write_json(run_dir / "train_config.json", config_to_dict(cfg))
+
+    store_path = prepare_dataset(cfg, run_dir)
+    store, arrays, policy_cfg = load_training_data(store_path, cfg.policy)
+    if store.attrs["env_id"] != cfg.env:
+        print(f"warning: dataset {store_path} was recorded in {store.attrs['env_id']}, evaluating in {cfg.env}")
+    print(f"dataset: {store.n_episodes} episodes, {store.n_steps} steps from {store_path}")
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    modes = {k: policy_cfg.state_norm for k in policy_cfg.state_keys} | {policy_cfg.action_key: policy_cfg.action_norm}
+    normalizer = Normalizer.fit(arrays, modes)
+    sampler = WindowSampler(arrays, store.episode_ends, window_offsets(policy_cfg))
+    device = torch.device(cfg.device)
+    policy = DiffusionPolicy(policy_cfg, normalizer).to(device)
+    ema = EMA(policy, power=cfg.ema_power, max_decay=cfg.ema_max_decay)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    n_params = sum(p.numel() for p in policy.parameters())
+
+    step = 0
+    last = run_dir / "checkpoints" / "last"
+    if cfg.resume and last.exists():
+        step = load_checkpoint(last.resolve(), policy, ema, optimizer, lr_schedule, rng)
+        print(f"resumed from {last.resolve()} at step {step}")
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
+    log_path = run_dir / "train_log.jsonl"
+    if cfg.resume and log_path.exists():  # drop lines past the checkpoint: they will be recomputed identically
+        lines = [l for l in log_path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
+        log_path.write_text("".join(l + "\n" for l in lines))
+    log_file = log_path.open("a")
+    print(f"training {policy.policy_type} ({n_params / 1e6:.2f}M params) for {cfg.steps} steps, batch {cfg.batch_size}, run dir {run_dir}")
+
+    policy.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
+    window_start, data_wait, samples = time.perf_counter(), 0.0, 0
+    stop_at = min(cfg.stop_at or cfg.steps, cfg.steps)
+    while step < stop_at:
+        t0 = time.perf_counter()
+        ids = rng.integers(0, len(sampler), cfg.batch_size)
+        batch = {k: torch.from_numpy(v).to(device) for k, v in sampler.sample(ids).items()}
+        data_wait += time.perf_counter() - t0
+        loss, metrics = policy(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip_norm).item()
+        optimizer.step()
+        lr_schedule.step()
+        ema.update(policy)
+        step += 1
+        samples += cfg.batch_size
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            elapsed = time.perf_counter() - window_start
+            scalars = {
+                "loss": metrics["loss"],
+                "lr": lr_schedule.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "samples_per_s": samples / elapsed,
+                "data_wait_frac": data_wait / elapsed,
+                "ema_decay": ema.decay(),
+            }
+            for name, value in scalars.items():
+                writer.add_scalar(f"train/{name}", value, step)
+            log_file.write(json.dumps({"step": step, **scalars}) + "\n")
+            log_file.flush()
+            bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.1e}")
+            window_start, data_wait, samples = time.perf_counter(), 0.0, 0
+        if step % cfg.save_every == 0 or step == stop_at:
+            save_checkpoint(run_dir, step, policy, ema, optimizer, lr_schedule, rng)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            result = run_eval(cfg, ema.model, cfg.eval_episodes_periodic)
+            writer.add_scalar("eval/success_rate", result.success_rate, step)
+            tqdm.write(f"step {step}: {result.summary()}")
+            policy.train()
+    bar.close()
+    log_file.close()
+
+    summary: dict = {"run_dir": str(run_dir), "steps": step, "checkpoint": str(last.resolve())}
+    if cfg.eval_episodes and step == cfg.steps:
+        result = run_eval(cfg, ema.model, cfg.eval_episodes, video_dir=run_dir / "videos")
+        writer.add_scalar("eval/success_rate", result.success_rate, step)
+        payload = {"checkpoint": str(last.resolve()), "step": step, **result.to_dict()}
+        atomic_write_json(run_dir / "eval.json", payload)
+        print(result.summary())
+        print(f"success definition: {result.success_definition}; per-episode seeds in {run_dir / 'eval.json'}")
+        summary["eval"] = payload
+    writer.close()
+    return summary
+
+
+def run_eval(cfg: TrainConfig, policy: Policy, n_episodes: int, video_dir: Path | None = None):
+    from envs.rollout import evaluate
+
+    return evaluate(
+        policy,
+        cfg.env,
+        n_episodes,
+        seed_start=cfg.eval_seed_start,
+        n_envs=cfg.eval_n_envs,
+        max_episode_steps=cfg.eval_max_episode_steps,
+        video_dir=video_dir,
+        n_videos=0,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = tyro.extras.overridable_config_cli(PRESETS, args=argv) if argv or len(sys.argv) > 1 else PRESETS["default"][1]
+    try:
+        return train(cfg)
+    except (StoreError, CheckpointError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

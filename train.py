@@ -62,11 +62,11 @@ class TrainConfig:
     """Scripted demos to collect when no dataset is given."""
     policy: DiffusionConfig = DiffusionConfig()
     """Policy hyperparameters (shapes are filled in from the dataset)."""
-    steps: int = 2500
+    steps: int = 2000
     """Optimizer steps; also the length of the cosine learning-rate schedule."""
     stop_at: int | None = None
     """Save and stop at this step, e.g. to fit a time-boxed job; continue later with --resume."""
-    batch_size: int = 256
+    batch_size: int = 128
     """Windows per batch."""
     lr: float = 3e-4
     """Peak learning rate (AdamW)."""

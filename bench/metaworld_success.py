@@ -38,7 +38,7 @@ PUBLISHED = {"diffusion_policy_image": {"easy": 83.6, "medium": 31.1, "hard": 9.
 class Args:
     tasks: tuple[str, ...] = DEFAULT_TASKS
     n_demos: int = 10
-    steps: int = 2500
+    steps: int = 2000
     episodes: int = 50
     seed: int = 0
     runs: Path = Path("bench_runs")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
+
+from core.io import atomic_write_bytes
 
 MODES = ("min_max", "mean_std", "identity")
 REQUIRED_STATS = {"min_max": ("min", "max"), "mean_std": ("mean", "std"), "identity": ()}
@@ -180,16 +181,7 @@ class Normalizer:
         payload = safetensors_save(
             self.to_tensors(), metadata={"format": _FORMAT, "modes": json.dumps(self._modes)}
         )
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, payload)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Normalizer:

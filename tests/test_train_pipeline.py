@@ -83,14 +83,14 @@ def test_kill_during_checkpoint_save_keeps_last_complete(tmp_path, push_demos):
         import os, signal, sys
         sys.path.insert(0, {str(ROOT)!r})
         import train, core.io
-        real = core.io.save_file
-        def dying_save(tensors, path, metadata=None):
-            if "step_0000004" in str(path) or "step_0000004" in str(os.path.dirname(path)):
-                with open(path, "wb") as f:
-                    f.write(b"partial")
+        real = core.io.atomic_write_bytes
+        def dying_write(path, payload):
+            if "step_0000004" in str(path) and str(path).endswith("raw_model.safetensors"):
+                with open(str(path) + ".partial", "wb") as f:  # half of the file is on disk when the kill lands
+                    f.write(payload[: len(payload) // 2])
                 os.kill(os.getpid(), signal.SIGKILL)
-            return real(tensors, path, metadata=metadata)
-        core.io.save_file = dying_save
+            return real(path, payload)
+        core.io.atomic_write_bytes = dying_write
         train.main(["tiny", "--run-dir", {str(run_dir)!r}, "--dataset", {str(push_demos)!r}, "--steps", "4", "--eval-episodes", "0"])
         """
     )

@@ -47,9 +47,8 @@ from data.normalize import Normalizer
 from data.sampler import WindowSampler
 from data.store import EpisodeStore, KeySpec, StoreError
 from envs.make import split_env_name
+from policies import POLICY_FOR_CONFIG, DiffusionConfig, PolicyConfig, VQBeTConfig, make_policy
 from policies.base import Policy, load_state_dict_strict, window_offsets
-from policies.diffusion.config import DiffusionConfig
-from policies.diffusion.policy import DiffusionPolicy
 
 
 @dataclass(frozen=True)
@@ -60,8 +59,8 @@ class TrainConfig:
     """Zarr episode store to train on. Default: collect `n_demos` scripted demos into <run_dir>/demos.zarr."""
     n_demos: int = 50
     """Scripted demos to collect when no dataset is given."""
-    policy: DiffusionConfig = DiffusionConfig()
-    """Policy hyperparameters (shapes are filled in from the dataset)."""
+    policy: PolicyConfig = DiffusionConfig()
+    """Policy type and hyperparameters (shapes are filled in from the dataset). The preset picks the type."""
     steps: int = 2000
     """Optimizer steps; also the length of the cosine learning-rate schedule."""
     stop_at: int | None = None
@@ -118,7 +117,7 @@ class TrainConfig:
     def resolved_run_dir(self) -> Path:
         if self.run_dir is not None:
             return self.run_dir
-        return Path("runs") / f"{split_env_name(self.env)[1]}-{DiffusionPolicy.policy_type}-seed{self.seed}"
+        return Path("runs") / f"{split_env_name(self.env)[1]}-{POLICY_FOR_CONFIG[type(self.policy)].policy_type}-seed{self.seed}"
 
 
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
@@ -136,6 +135,22 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
             eval_n_envs=1,
             eval_max_episode_steps=16,
             policy=DiffusionConfig(down_dims=(16, 32), n_groups=4, diffusion_step_embed_dim=16, horizon=8, n_action_steps=4, num_inference_steps=3),
+        ),
+    ),
+    "vqbet": ("Meta-World push-v3, 50 scripted demos, state VQ-BeT (500 tokenizer steps, then the GPT), 50-episode eval.", TrainConfig(policy=VQBeTConfig(), lr=3e-4)),
+    "vqbet-tiny": (
+        "Seconds-long VQ-BeT smoke run: 2 tokenizer steps, then 2 GPT steps.",
+        TrainConfig(
+            n_demos=2,
+            steps=4,
+            batch_size=8,
+            log_every=1,
+            save_every=2,
+            warmup_steps=1,
+            eval_episodes=1,
+            eval_n_envs=1,
+            eval_max_episode_steps=16,
+            policy=VQBeTConfig(vq_train_steps=2, vq_latent_dim=16, vq_hidden_dim=32, gpt_layers=1, gpt_heads=2, gpt_dim=32, head_hidden_dim=32, action_chunk_size=4, n_action_steps=4, horizon=8),
         ),
     ),
 }
@@ -159,7 +174,7 @@ def prepare_dataset(cfg: TrainConfig, run_dir: Path) -> Path:
     return path
 
 
-def load_training_data(store_path: Path, policy_cfg: DiffusionConfig) -> tuple[EpisodeStore, dict[str, np.ndarray], DiffusionConfig]:
+def load_training_data(store_path: Path, policy_cfg: PolicyConfig) -> tuple[EpisodeStore, dict[str, np.ndarray], PolicyConfig]:
     """Open and validate the store, check its keys against the policy, fill the policy's shapes."""
     store = EpisodeStore.open(store_path)
     keys = [*policy_cfg.state_keys, policy_cfg.action_key]
@@ -270,9 +285,9 @@ def train(cfg: TrainConfig) -> dict:
     normalizer = Normalizer.fit(arrays, modes)
     sampler = WindowSampler(arrays, store.episode_ends, window_offsets(policy_cfg))
     device = torch.device(cfg.device)
-    policy = DiffusionPolicy(policy_cfg, normalizer).to(device)
+    policy = make_policy(policy_cfg, normalizer).to(device)
     ema = EMA(policy, power=cfg.ema_power, max_decay=cfg.ema_max_decay)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(policy.optim_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     n_params = sum(p.numel() for p in policy.parameters())
 
@@ -311,11 +326,11 @@ def train(cfg: TrainConfig) -> dict:
         step += 1
         samples += cfg.batch_size
         bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % cfg.log_every == 0 or step == cfg.steps or metrics.pop("log_now", False):
             elapsed = time.perf_counter() - window_start
             scalars = {
-                "loss": metrics["loss"],
-                "lr": lr_schedule.get_last_lr()[0],
+                **metrics,
+                "lr": lr_schedule.get_last_lr()[-1],
                 "grad_norm": grad_norm,
                 "samples_per_s": samples / elapsed,
                 "data_wait_frac": data_wait / elapsed,

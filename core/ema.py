@@ -27,9 +27,13 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         decay = self.decay()
-        ema_params = list(self.model.parameters())
-        params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        pairs = list(zip(self.model.parameters(), model.parameters()))
+        trained = [(e, p.detach()) for e, p in pairs if p.requires_grad]
+        if trained:
+            torch._foreach_lerp_([e for e, _ in trained], [p for _, p in trained], 1.0 - decay)
+        for ema_p, p in pairs:  # frozen parts (e.g. a finished tokenizer) are copied, not averaged
+            if not p.requires_grad:
+                ema_p.copy_(p)
         for ema_b, b in zip(self.model.buffers(), model.buffers()):
             ema_b.copy_(b)
         self.num_updates += 1

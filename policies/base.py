@@ -45,7 +45,7 @@ def window_offsets(config: Any) -> dict[str, list[int]]:
     """
     first = 1 - config.n_obs_steps
     offsets = {key: list(range(first, 1)) for key in config.state_keys}
-    offsets[config.action_key] = list(range(first, first + config.horizon))
+    offsets[config.action_key] = list(range(first, first + config.action_window))
     return offsets
 
 
@@ -102,6 +102,13 @@ class Policy(nn.Module):
 
     def window_offsets(self) -> dict[str, list[int]]:
         return window_offsets(self.config)
+
+    def check_ready(self) -> None:
+        """Raise if this policy cannot act yet (e.g. a VQ-BeT still in its tokenizer phase)."""
+
+    def optim_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Optimizer parameter groups; policies with parts that train differently override this."""
+        return [{"params": list(self.parameters()), "lr": lr, "weight_decay": weight_decay}]
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:

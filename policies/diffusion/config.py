@@ -80,3 +80,8 @@ class DiffusionConfig:
     @property
     def state_dim(self) -> int:
         return sum(self.state_dims)
+
+    @property
+    def action_window(self) -> int:
+        """Actions a training window needs."""
+        return self.horizon

@@ -66,9 +66,12 @@ def main() -> None:
     try:
         ckpt = resolve_checkpoint(cfg.checkpoint)
         policy = Policy.from_pretrained(ckpt, map_location=cfg.device)
-    except CheckpointError as e:
+        policy.check_ready()
+    except (CheckpointError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
     if cfg.num_inference_steps is not None:
+        if not hasattr(policy, "sample_scheduler"):
+            raise SystemExit(f"error: --num-inference-steps applies to diffusion policies, {ckpt} holds a {policy.policy_type} policy")
         policy.sample_scheduler.set_timesteps(cfg.num_inference_steps)
     env = cfg.env or env_of_run(ckpt)
     if env is None:
@@ -79,7 +82,7 @@ def main() -> None:
         max_episode_steps=cfg.max_episode_steps, video_dir=video_dir, n_videos=cfg.video,
     )
     out = cfg.out or ckpt / f"eval_{cfg.episodes}ep_seed{cfg.seed_start}.json"
-    atomic_write_json(out, {"checkpoint": str(ckpt), "torch": torch.__version__, **result.to_dict()})
+    atomic_write_json(out, {"checkpoint": str(ckpt), "policy_type": policy.policy_type, "num_inference_steps": cfg.num_inference_steps, "torch": torch.__version__, **result.to_dict()})
     print(result.summary())
     print(f"success definition: {result.success_definition}")
     for path in result.videos:

@@ -53,7 +53,7 @@ from policies.base import Policy, load_state_dict_strict, window_offsets
 
 @dataclass(frozen=True)
 class TrainConfig:
-    env: str = "metaworld/push-v3"
+    env: str = "metaworld/button-press-topdown-v3"
     """Environment to collect demos in and evaluate on, as <suite>/<task>."""
     dataset: Path | None = None
     """Zarr episode store to train on. Default: collect `n_demos` scripted demos into <run_dir>/demos.zarr."""
@@ -121,7 +121,7 @@ class TrainConfig:
 
 
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
-    "default": ("Meta-World push-v3, 50 scripted demos, state Diffusion Policy, 50-episode eval.", TrainConfig()),
+    "default": ("Meta-World button-press-topdown-v3, 50 scripted demos, state Diffusion Policy, 50-episode eval.", TrainConfig()),
     "tiny": (
         "Seconds-long smoke run: 2 demos, a small UNet, 4 steps, 1 short eval episode.",
         TrainConfig(
@@ -137,7 +137,7 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
             policy=DiffusionConfig(down_dims=(16, 32), n_groups=4, diffusion_step_embed_dim=16, horizon=8, n_action_steps=4, num_inference_steps=3),
         ),
     ),
-    "vqbet": ("Meta-World push-v3, 50 scripted demos, state VQ-BeT (500 tokenizer steps, then the GPT), 50-episode eval.", TrainConfig(policy=VQBeTConfig(), lr=3e-4)),
+    "vqbet": ("Meta-World button-press-topdown-v3, 50 scripted demos, state VQ-BeT (250 tokenizer steps, then the GPT), 50-episode eval.", TrainConfig(policy=VQBeTConfig())),
     "vqbet-tiny": (
         "Seconds-long VQ-BeT smoke run: 2 tokenizer steps, then 2 GPT steps.",
         TrainConfig(

@@ -1,12 +1,13 @@
 """Success rates on Meta-World tasks across the difficulty splits, with the DP3 paper's protocol.
 
     python -m bench.metaworld_success --out bench/results/metaworld_success.json
-    python -m bench.metaworld_success --tasks drawer-open-v3 pick-place-v3 --steps 1500 --out ...
+    python -m bench.metaworld_success --policies vqbet --tasks drawer-open-v3 pick-place-v3 --steps 1500 --out ...
 
 Protocol (DP3, Ze et al. 2024): 10 scripted demos per task, goal-observable Meta-World, state observations
-here (DP3's figures are for point clouds / images). We report the FINAL checkpoint's success over 50 seeded
+here (DP3's figures are for point clouds / images), each policy with its train.py preset (`default` for
+Diffusion Policy, `vqbet` for VQ-BeT) and the same demos. We report the FINAL checkpoint's success over 50 seeded
 episodes (seeds 100000..100049), success = info["success"] at any step of a 500-step episode, with Wilson
-95% CIs, and the split means. Each task trains in bench_runs/<task>/; finished tasks are reused on rerun.
+95% CIs, and the split means. Each run lives in bench_runs/<task>-<policy>-.../; finished runs are reused.
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ DEFAULT_TASKS = ("button-press-topdown-v3", "drawer-open-v3", "basketball-v3", "
 PUBLISHED = {"diffusion_policy_image": {"easy": 83.6, "medium": 31.1, "hard": 9.0, "very_hard": 26.6}, "dp3": {"easy": 90.9, "medium": 61.6, "hard": 31.7, "very_hard": 49.0}}
 
 
+PRESET_FOR_POLICY = {"diffusion": "default", "vqbet": "vqbet"}
+
+
 @dataclass(frozen=True)
 class Args:
+    policies: tuple[str, ...] = ("diffusion", "vqbet")
+    """Policies to compare, each trained with its train.py preset."""
     tasks: tuple[str, ...] = DEFAULT_TASKS
     n_demos: int = 10
     steps: int = 2000
@@ -52,30 +58,46 @@ def split_of(task: str) -> str:
     raise ValueError(f"{task} is not in any split of bench.metaworld_success.SPLITS")
 
 
+def run_task(args: Args, policy: str, task: str) -> dict:
+    """Collect demos once per task (shared by the policies), train, evaluate; reuse finished runs."""
+    demos = args.runs / "demos" / f"{task}-{args.n_demos}demos.zarr"
+    if not demos.exists():
+        from data.collect import CollectConfig, collect
+
+        collect(CollectConfig(env=f"metaworld/{task}", episodes=args.n_demos, out=demos))
+    run_dir = args.runs / f"{task}-{policy}-{args.n_demos}demos-{args.steps}steps-seed{args.seed}"
+    eval_path = run_dir / "eval.json"
+    if not eval_path.exists():
+        base = train.PRESETS[PRESET_FOR_POLICY[policy]][1]
+        cfg = dataclasses.replace(
+            base, env=f"metaworld/{task}", dataset=demos, steps=args.steps, eval_episodes=args.episodes,
+            seed=args.seed, run_dir=run_dir, resume=(run_dir / "train_config.json").exists(),
+        )
+        train.train(cfg)
+    ev = json.loads(eval_path.read_text())
+    return {"policy": policy, "task": task, "split": split_of(task), "success_rate": ev["success_rate"], "ci95": [round(c, 3) for c in ev["ci95"]], "n": ev["n_episodes"], "run_dir": str(run_dir)}
+
+
 def main() -> None:
     args = tyro.cli(Args)
-    base = train.PRESETS["default"][1]
-    rows, results = [], []
-    for task in args.tasks:
-        run_dir = args.runs / f"{task}-diffusion-{args.n_demos}demos-seed{args.seed}"
-        eval_path = run_dir / "eval.json"
-        if not eval_path.exists():
-            cfg = dataclasses.replace(
-                base, env=f"metaworld/{task}", n_demos=args.n_demos, steps=args.steps, eval_episodes=args.episodes,
-                seed=args.seed, run_dir=run_dir, resume=(run_dir / "train_config.json").exists(),
-            )
-            train.train(cfg)
-        ev = json.loads(eval_path.read_text())
-        row = {"task": task, "split": split_of(task), "success_rate": ev["success_rate"], "ci95": [round(c, 3) for c in ev["ci95"]], "n": ev["n_episodes"], "steps": args.steps}
-        rows.append(row)
-        results.append({"policy": "diffusion", "task": f"metaworld/{task}", "n_demos": args.n_demos, "metric": "success_rate", "value": ev["success_rate"], "ci95": ev["ci95"], "n": ev["n_episodes"], "split": row["split"], "train_steps": args.steps, "run_dir": str(run_dir)})
-    print_table(rows, ["task", "split", "success_rate", "ci95", "n", "steps"])
-    split_means = {s: float(np.mean([r["success_rate"] for r in rows if r["split"] == s])) * 100 for s in SPLITS if any(r["split"] == s for r in rows)}
-    print("\nsplit means (%):", {k: round(v, 1) for k, v in split_means.items()})
-    print("published (DP3 paper):", PUBLISHED)
+    rows = [run_task(args, policy, task) for task in args.tasks for policy in args.policies]
+    print_table(rows, ["task", "split", "policy", "success_rate", "ci95", "n"])
+    split_means = {
+        policy: {s: 100 * float(np.mean([r["success_rate"] for r in rows if r["split"] == s and r["policy"] == policy])) for s in SPLITS if any(r["split"] == s for r in rows)}
+        for policy in args.policies
+    }
+    print("\nsplit means (%):")
+    for policy, means in split_means.items():
+        print(f"  {policy:>10}: " + ", ".join(f"{k} {v:.1f}" for k, v in means.items()))
+    for name, means in PUBLISHED.items():
+        print(f"  {name:>10}: " + ", ".join(f"{k} {v:.1f}" for k, v in means.items()) + "  (published, DP3 paper)")
+    results = [
+        {"policy": r["policy"], "task": f"metaworld/{r['task']}", "n_demos": args.n_demos, "metric": "success_rate", "value": r["success_rate"], "ci95": r["ci95"], "n": r["n"], "split": r["split"], "train_steps": args.steps, "run_dir": r["run_dir"]}
+        for r in rows
+    ]
     write_results(
         args.out, "metaworld_success",
-        f"{args.n_demos} scripted demos/task, state Diffusion Policy (default preset), {args.steps} steps, final checkpoint (EMA), "
+        f"{args.n_demos} scripted demos/task (seeds 0+), state policies with their train.py presets, {args.steps} steps, final checkpoint (EMA), "
         f"{args.episodes} episodes seeds 100000+, success = info['success'] at any step within 500 steps",
         results, split_means_pct=split_means, published_split_means_pct=PUBLISHED,
     )

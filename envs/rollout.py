@@ -92,6 +92,7 @@ def evaluate(
     ]
     envs = make_vector_env(env_name, n_envs, per_env_kwargs=per_env, max_episode_steps=max_steps, terminate_on_success=True)
     device = next(policy.parameters()).device
+    policy.check_ready()
     policy.eval()
     records: list[EpisodeRecord] = []
     videos: list[str] = []

@@ -38,7 +38,7 @@ class VQBeTConfig:
     temporal ensembling) instead of taking the current token's chunk."""
 
     # --- residual VQ action tokenizer (phase 1) ---
-    vq_train_steps: int = 500
+    vq_train_steps: int = 250
     """Optimizer steps spent training the tokenizer at the start of the run; then it is frozen."""
     vq_layers: int = 2
     """Residual quantizer layers (primary, secondary)."""

@@ -1,7 +1,8 @@
 """Train a policy from demonstrations, then evaluate it.
 
-    python train.py                                   # default preset: collect push-v3 demos, train DP, eval 50 episodes
+    python train.py                                   # default preset: collect button-press-topdown-v3 demos, train DP, eval 50 episodes
     python train.py tiny --run-dir runs/smoke         # seconds-long smoke run
+    python train.py vqbet --env metaworld/push-v3     # VQ-BeT instead of Diffusion Policy (presets pick the policy type)
     python train.py default --steps 3000 --policy.down-dims 128 256 512 --dataset demos/push.zarr
     python train.py default --run-dir runs/x --resume # continue an interrupted run exactly
 
@@ -120,20 +121,15 @@ class TrainConfig:
         return Path("runs") / f"{split_env_name(self.env)[1]}-{POLICY_FOR_CONFIG[type(self.policy)].policy_type}-seed{self.seed}"
 
 
+# What the smoke presets share: 2 demos, 4 steps, checkpoints at 2 and 4, one 16-step eval episode.
+SMOKE = dict(n_demos=2, steps=4, batch_size=8, log_every=1, save_every=2, warmup_steps=1, eval_episodes=1, eval_n_envs=1, eval_max_episode_steps=16)
+
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "default": ("Meta-World button-press-topdown-v3, 50 scripted demos, state Diffusion Policy, 50-episode eval.", TrainConfig()),
     "tiny": (
         "Seconds-long smoke run: 2 demos, a small UNet, 4 steps, 1 short eval episode.",
         TrainConfig(
-            n_demos=2,
-            steps=4,
-            batch_size=8,
-            log_every=1,
-            save_every=2,
-            warmup_steps=1,
-            eval_episodes=1,
-            eval_n_envs=1,
-            eval_max_episode_steps=16,
+            **SMOKE,
             policy=DiffusionConfig(down_dims=(16, 32), n_groups=4, diffusion_step_embed_dim=16, horizon=8, n_action_steps=4, num_inference_steps=3),
         ),
     ),
@@ -141,15 +137,7 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "vqbet-tiny": (
         "Seconds-long VQ-BeT smoke run: 2 tokenizer steps, then 2 GPT steps.",
         TrainConfig(
-            n_demos=2,
-            steps=4,
-            batch_size=8,
-            log_every=1,
-            save_every=2,
-            warmup_steps=1,
-            eval_episodes=1,
-            eval_n_envs=1,
-            eval_max_episode_steps=16,
+            **SMOKE,
             policy=VQBeTConfig(vq_train_steps=2, vq_latent_dim=16, vq_hidden_dim=32, gpt_layers=1, gpt_heads=2, gpt_dim=32, head_hidden_dim=32, action_chunk_size=4, n_action_steps=4, horizon=8),
         ),
     ),
@@ -281,8 +269,7 @@ def train(cfg: TrainConfig) -> dict:
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    modes = {k: policy_cfg.state_norm for k in policy_cfg.state_keys} | {policy_cfg.action_key: policy_cfg.action_norm}
-    normalizer = Normalizer.fit(arrays, modes)
+    normalizer = Normalizer.fit(arrays, policy_cfg.normalization_modes())
     sampler = WindowSampler(arrays, store.episode_ends, window_offsets(policy_cfg))
     device = torch.device(cfg.device)
     policy = make_policy(policy_cfg, normalizer).to(device)

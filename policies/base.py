@@ -61,6 +61,8 @@ class Policy(nn.Module):
             _REGISTRY[cls.policy_type] = cls
 
     def __init__(self, config: Any, normalizer: Normalizer) -> None:
+        if not config.state_dims or config.action_dim < 1:
+            raise ValueError(f"{type(config).__name__}.state_dims and action_dim must be set (train.py fills them from the store)")
         super().__init__()
         self.config = config
         self.normalizer = normalizer
@@ -99,6 +101,16 @@ class Policy(nn.Module):
             start = self.config.n_obs_steps - 1
             self._action_queue.extend(chunk[:, start : start + self.config.n_action_steps].unbind(dim=1))
         return self._action_queue.popleft()
+
+    def state_window(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalized obs window per key (B, n_obs_steps, dim) -> concatenated (B, n_obs_steps, state_dim)."""
+        parts = []
+        for key, dim in zip(self.config.state_keys, self.config.state_dims):
+            x = obs[key]
+            if x.ndim != 3 or x.shape[1] != self.config.n_obs_steps or x.shape[2] != dim:
+                raise ValueError(f"observation {key!r} has shape {tuple(x.shape)}, expected (B, {self.config.n_obs_steps}, {dim})")
+            parts.append(x)
+        return torch.cat(parts, dim=-1)
 
     def window_offsets(self) -> dict[str, list[int]]:
         return window_offsets(self.config)

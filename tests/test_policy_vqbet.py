@@ -153,7 +153,7 @@ def test_bad_configs_fail_clearly():
 def test_tiny_train_resume_across_phase_boundary_and_eval(tmp_path, push_demos):
     """Stop inside phase 1, resume across the boundary; must match an uninterrupted run step for step."""
     def run(run_dir, *extra):
-        return train.main(["vqbet-tiny", "--run-dir", str(run_dir), "--dataset", str(push_demos), *extra])
+        return train.main(["vqbet-tiny", "--env", "metaworld/push-v3", "--run-dir", str(run_dir), "--dataset", str(push_demos), *extra])
 
     straight = tmp_path / "straight"
     run(straight, "--eval-episodes", "0")
@@ -173,4 +173,4 @@ def test_tiny_train_resume_across_phase_boundary_and_eval(tmp_path, push_demos):
 
 def test_action_dim_mismatch_with_store_fails(tmp_path, push_demos):
     with pytest.raises(SystemExit, match=r"policy.action_dim=7 but the store has 4"):
-        train.main(["vqbet-tiny", "--run-dir", str(tmp_path / "r"), "--dataset", str(push_demos), "--policy.action-dim", "7"])
+        train.main(["vqbet-tiny", "--env", "metaworld/push-v3", "--run-dir", str(tmp_path / "r"), "--dataset", str(push_demos), "--policy.action-dim", "7"])

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_train(run_dir: Path, dataset: Path, *extra: str) -> dict:
-    return train.main(["tiny", "--run-dir", str(run_dir), "--dataset", str(dataset), *extra])
+    return train.main(["tiny", "--env", "metaworld/push-v3", "--run-dir", str(run_dir), "--dataset", str(dataset), *extra])
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -86,12 +86,13 @@ def test_kill_during_checkpoint_save_keeps_last_complete(tmp_path, push_demos):
         real = core.io.atomic_write_bytes
         def dying_write(path, payload):
             if "step_0000004" in str(path) and str(path).endswith("raw_model.safetensors"):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(str(path) + ".partial", "wb") as f:  # half of the file is on disk when the kill lands
                     f.write(payload[: len(payload) // 2])
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(path, payload)
         core.io.atomic_write_bytes = dying_write
-        train.main(["tiny", "--run-dir", {str(run_dir)!r}, "--dataset", {str(push_demos)!r}, "--steps", "4", "--eval-episodes", "0"])
+        train.main(["tiny", "--env", "metaworld/push-v3", "--run-dir", {str(run_dir)!r}, "--dataset", {str(push_demos)!r}, "--steps", "4", "--eval-episodes", "0"])
         """
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)

@@ -4,23 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from policies.io_config import PolicyIOConfig
+
 
 @dataclass(frozen=True)
-class DiffusionConfig:
-    # --- inputs and outputs (shapes are filled in from the dataset by train.py) ---
-    state_keys: tuple[str, ...] = ("state",)
-    """Low-dim observation keys in the store, concatenated in this order."""
-    state_dims: tuple[int, ...] = ()
-    """Feature size of each state key, same order as `state_keys`."""
-    action_key: str = "action"
-    """Action key in the store."""
-    action_dim: int = 0
-    """Action size."""
-    state_norm: str = "min_max"
-    """Normalization of states: min_max (to [-1, 1]), mean_std or identity."""
-    action_norm: str = "min_max"
-    """Normalization of actions; min_max keeps actions inside the sampler's clip range."""
-
+class DiffusionConfig(PolicyIOConfig):
     # --- chunking ---
     n_obs_steps: int = 2
     """Observation steps the policy conditions on (current one included)."""
@@ -58,8 +46,7 @@ class DiffusionConfig:
     """Exclude actions padded past the episode end from the loss."""
 
     def __post_init__(self) -> None:
-        if len(self.state_dims) not in (0, len(self.state_keys)):
-            raise ValueError(f"state_dims {self.state_dims} must give one size per state key {self.state_keys}")
+        super().__post_init__()
         if self.n_obs_steps < 1 or self.n_action_steps < 1:
             raise ValueError("n_obs_steps and n_action_steps must be >= 1")
         if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
@@ -76,10 +63,6 @@ class DiffusionConfig:
             raise ValueError(f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {self.num_inference_steps}")
         if any(d % self.n_groups for d in self.down_dims):
             raise ValueError(f"every down_dims entry must be divisible by n_groups={self.n_groups}: {self.down_dims}")
-
-    @property
-    def state_dim(self) -> int:
-        return sum(self.state_dims)
 
     @property
     def action_window(self) -> int:

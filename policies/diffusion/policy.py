@@ -25,8 +25,6 @@ class DiffusionPolicy(Policy):
     config_class: ClassVar[type] = DiffusionConfig
 
     def __init__(self, config: DiffusionConfig, normalizer: Normalizer) -> None:
-        if not config.state_dims or config.action_dim < 1:
-            raise ValueError("DiffusionConfig.state_dims and action_dim must be set (train.py fills them from the store)")
         super().__init__(config, normalizer)
         self.unet = ConditionalUnet1D(
             action_dim=config.action_dim,
@@ -53,15 +51,7 @@ class DiffusionPolicy(Policy):
     # ---- conditioning ----------------------------------------------------------------------------
     def global_cond(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalized observation window (B, n_obs_steps, ...) per key -> (B, n_obs_steps * state_dim)."""
-        parts = []
-        for key, dim in zip(self.config.state_keys, self.config.state_dims):
-            x = obs[key]
-            if x.ndim != 3 or x.shape[1] != self.config.n_obs_steps or x.shape[2] != dim:
-                raise ValueError(
-                    f"observation {key!r} has shape {tuple(x.shape)}, expected (B, {self.config.n_obs_steps}, {dim})"
-                )
-            parts.append(x)
-        return rearrange(torch.cat(parts, dim=-1), "b t d -> b (t d)")
+        return rearrange(self.state_window(obs), "b t d -> b (t d)")
 
     # ---- training --------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

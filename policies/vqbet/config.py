@@ -4,23 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from policies.io_config import PolicyIOConfig
+
 
 @dataclass(frozen=True)
-class VQBeTConfig:
-    # --- inputs and outputs (shapes are filled in from the dataset by train.py) ---
-    state_keys: tuple[str, ...] = ("state",)
-    """Low-dim observation keys, concatenated per step into one observation token."""
-    state_dims: tuple[int, ...] = ()
-    """Feature size of each state key, same order as `state_keys`."""
-    action_key: str = "action"
-    """Action key in the store."""
-    action_dim: int = 0
-    """Action size."""
-    state_norm: str = "min_max"
-    """Normalization of states: min_max, mean_std or identity."""
-    action_norm: str = "min_max"
-    """Normalization of actions."""
-
+class VQBeTConfig(PolicyIOConfig):
     # --- chunking ---
     n_obs_steps: int = 2
     """Observation tokens fed to the GPT (current step included)."""
@@ -82,8 +70,7 @@ class VQBeTConfig:
     """Pick the secondary code conditioned on the sampled primary code (else both from the features)."""
 
     def __post_init__(self) -> None:
-        if len(self.state_dims) not in (0, len(self.state_keys)):
-            raise ValueError(f"state_dims {self.state_dims} must give one size per state key {self.state_keys}")
+        super().__post_init__()
         if self.n_obs_steps < 1 or self.n_action_pred_token < 1 or self.n_action_steps < 1:
             raise ValueError("n_obs_steps, n_action_pred_token and n_action_steps must be >= 1")
         if self.action_chunk_size > self.horizon:
@@ -101,10 +88,6 @@ class VQBeTConfig:
             raise ValueError("vq_layers must be >= 2 (primary and secondary codes)")
         if self.gpt_dim % self.gpt_heads:
             raise ValueError(f"gpt_dim={self.gpt_dim} must be divisible by gpt_heads={self.gpt_heads}")
-
-    @property
-    def state_dim(self) -> int:
-        return sum(self.state_dims)
 
     @property
     def n_pred_tokens(self) -> int:

@@ -41,8 +41,6 @@ class VQBeTPolicy(Policy):
     config_class: ClassVar[type] = VQBeTConfig
 
     def __init__(self, config: VQBeTConfig, normalizer: Normalizer) -> None:
-        if not config.state_dims or config.action_dim < 1:
-            raise ValueError("VQBeTConfig.state_dims and action_dim must be set (train.py fills them from the store)")
         super().__init__(config, normalizer)
         c = config
         self.rvq = ResidualVQ(
@@ -89,14 +87,7 @@ class VQBeTPolicy(Policy):
     # ---- network ---------------------------------------------------------------------------------
     def features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalized obs window per key (B, n_obs_steps, d) -> token features (B, n_obs_steps + P, gpt_dim)."""
-        c = self.config
-        parts = []
-        for key, dim in zip(c.state_keys, c.state_dims):
-            x = obs[key]
-            if x.ndim != 3 or x.shape[1] != c.n_obs_steps or x.shape[2] != dim:
-                raise ValueError(f"observation {key!r} has shape {tuple(x.shape)}, expected (B, {c.n_obs_steps}, {dim})")
-            parts.append(x)
-        tokens = self.obs_proj(torch.cat(parts, dim=-1))
+        tokens = self.obs_proj(self.state_window(obs))
         queries = self.action_queries.expand(tokens.shape[0], -1, -1)
         return self.gpt(torch.cat([tokens, queries], dim=1) + self.pos_emb, mask=self.causal_mask, is_causal=True)
 

@@ -24,7 +24,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ from core.io import (
 )
 from data.normalize import Normalizer
 from data.sampler import WindowSampler
-from data.store import EpisodeStore, KeySpec, StoreError
+from data.store import EpisodeStore, StoreError
 from envs.make import split_env_name
 from policies import POLICY_FOR_CONFIG, DiffusionConfig, PolicyConfig, VQBeTConfig, make_policy
 from policies.base import Policy, load_state_dict_strict, window_offsets

@@ -41,6 +41,7 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints and results are meant to be shared
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:

@@ -49,7 +49,7 @@ from data.sampler import WindowSampler
 from data.store import EpisodeStore, StoreError
 from envs.make import split_env_name
 from policies import POLICY_FOR_CONFIG, DiffusionConfig, PolicyConfig, VQBeTConfig, make_policy
-from policies.base import Policy, load_state_dict_strict, window_offsets
+from policies.base import WEIGHTS_FILE, Policy, load_state_dict_strict, window_offsets
 
 
 @dataclass(frozen=True)
@@ -224,8 +224,7 @@ def load_checkpoint(ckpt: Path, policy: Policy, ema: EMA, optimizer, lr_schedule
     """Restore everything `save_checkpoint` wrote; returns the step. Any missing or bad file is an error."""
     state_dir = ckpt / "train_state"
     state = read_json(state_dir / "state.json")
-    ema_policy = Policy.from_pretrained(ckpt)
-    load_state_dict_strict(ema.model, ema_policy.state_dict(), str(ckpt / "model.safetensors"))
+    load_state_dict_strict(ema.model, load_safetensors(ckpt / WEIGHTS_FILE), str(ckpt / WEIGHTS_FILE))
     load_state_dict_strict(policy, load_safetensors(state_dir / "raw_model.safetensors"), str(state_dir / "raw_model.safetensors"))
     optimizer.load_state_dict(optimizer_state_from_safetensors(load_safetensors(state_dir / "optimizer.safetensors"), state["optimizer"]))
     lr_schedule.load_state_dict(state["lr_schedule"])

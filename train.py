@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +31,13 @@ import tyro
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from tqdm import tqdm
 
+from core.checkpoint import (
+    commit_checkpoint,
+    load_rng_states,
+    open_jsonl_log,
+    prepare_run_dir,
+    save_rng_states,
+)
 from core.ema import EMA
 from core.io import (
     CheckpointError,
@@ -48,7 +53,13 @@ from data.normalize import Normalizer
 from data.sampler import WindowSampler
 from data.store import EpisodeStore, StoreError
 from envs.make import split_env_name
-from policies import POLICY_FOR_CONFIG, DiffusionConfig, PolicyConfig, VQBeTConfig, make_policy
+from policies import (
+    POLICY_FOR_CONFIG,
+    DiffusionConfig,
+    PolicyConfig,
+    VQBeTConfig,
+    make_policy,
+)
 from policies.base import WEIGHTS_FILE, Policy, load_state_dict_strict, window_offsets
 
 
@@ -187,37 +198,27 @@ def load_training_data(store_path: Path, policy_cfg: PolicyConfig) -> tuple[Epis
 
 
 def save_checkpoint(run_dir: Path, step: int, policy: Policy, ema: EMA, optimizer, lr_schedule, rng: np.random.Generator) -> Path:
-    """Write checkpoints/step_N into a temp dir, rename it into place, then repoint `last`."""
-    ckpt_root = run_dir / "checkpoints"
-    final = ckpt_root / f"step_{step:07d}"
-    tmp = ckpt_root / f".tmp-step_{step:07d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ema.model.save_pretrained(tmp)
-    state_dir = tmp / "train_state"
-    atomic_save_safetensors(state_dir / "raw_model.safetensors", policy.state_dict())
-    opt_tensors, opt_skeleton = optimizer_state_to_safetensors(optimizer.state_dict())
-    atomic_save_safetensors(state_dir / "optimizer.safetensors", opt_tensors)
-    atomic_save_safetensors(state_dir / "rng.safetensors", {"torch": torch.get_rng_state()})
-    atomic_write_json(
-        state_dir / "state.json",
-        {
-            "step": step,
-            "optimizer": opt_skeleton,
-            "lr_schedule": lr_schedule.state_dict(),
-            "ema_num_updates": ema.num_updates,
-            "numpy_rng": rng.bit_generator.state,
-        },
-    )
-    if final.exists():  # a crashed earlier attempt at the same step; the new one replaces it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    link_tmp = ckpt_root / f".last-{os.getpid()}"
-    link_tmp.unlink(missing_ok=True)
-    os.symlink(final.name, link_tmp)
-    os.replace(link_tmp, ckpt_root / "last")
-    for stale in ckpt_root.glob(".tmp-step_*"):  # leftovers of killed saves
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
+    """checkpoints/step_N: the EMA policy at the top level, everything needed to resume in train_state/."""
+
+    def write(tmp: Path) -> None:
+        ema.model.save_pretrained(tmp)
+        state_dir = tmp / "train_state"
+        atomic_save_safetensors(state_dir / "raw_model.safetensors", policy.state_dict())
+        opt_tensors, opt_skeleton = optimizer_state_to_safetensors(optimizer.state_dict())
+        atomic_save_safetensors(state_dir / "optimizer.safetensors", opt_tensors)
+        numpy_rng = save_rng_states(state_dir / "rng.safetensors", rng)
+        atomic_write_json(
+            state_dir / "state.json",
+            {
+                "step": step,
+                "optimizer": opt_skeleton,
+                "lr_schedule": lr_schedule.state_dict(),
+                "ema_num_updates": ema.num_updates,
+                "numpy_rng": numpy_rng,
+            },
+        )
+
+    return commit_checkpoint(run_dir / "checkpoints", f"step_{step:07d}", write)
 
 
 def load_checkpoint(ckpt: Path, policy: Policy, ema: EMA, optimizer, lr_schedule, rng: np.random.Generator) -> int:
@@ -229,18 +230,8 @@ def load_checkpoint(ckpt: Path, policy: Policy, ema: EMA, optimizer, lr_schedule
     optimizer.load_state_dict(optimizer_state_from_safetensors(load_safetensors(state_dir / "optimizer.safetensors"), state["optimizer"]))
     lr_schedule.load_state_dict(state["lr_schedule"])
     ema.num_updates = state["ema_num_updates"]
-    rng.bit_generator.state = state["numpy_rng"]
-    torch.set_rng_state(load_safetensors(state_dir / "rng.safetensors")["torch"])
+    load_rng_states(state_dir / "rng.safetensors", rng, state["numpy_rng"])
     return int(state["step"])
-
-
-def check_resume_config(run_dir: Path, cfg: TrainConfig) -> None:
-    saved = read_json(run_dir / "train_config.json")
-    now = config_to_dict(cfg)
-    diff = {k: (saved.get(k), now[k]) for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]}
-    if diff:
-        detail = "; ".join(f"{k}: run has {a!r}, command line has {b!r}" for k, (a, b) in diff.items())
-        raise SystemExit(f"error: --resume with a different config than {run_dir / 'train_config.json'}: {detail}")
 
 
 # ---- main loop --------------------------------------------------------------------------------------
@@ -250,15 +241,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     run_dir = cfg.resolved_run_dir()
-    if cfg.resume:
-        if not (run_dir / "train_config.json").is_file():
-            raise SystemExit(f"error: --resume but {run_dir} holds no run (no train_config.json)")
-        check_resume_config(run_dir, cfg)
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise SystemExit(f"error: run dir {run_dir} already exists; pass --resume to continue it or choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume:
-        atomic_write_json(run_dir / "train_config.json", config_to_dict(cfg))
+    prepare_run_dir(run_dir, config_to_dict(cfg), cfg.resume, RESUMABLE_CHANGES)
 
     store_path = prepare_dataset(cfg, run_dir)
     store, arrays, policy_cfg = load_training_data(store_path, cfg.policy)
@@ -286,11 +269,7 @@ def train(cfg: TrainConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
-    log_path = run_dir / "train_log.jsonl"
-    if cfg.resume and log_path.exists():  # drop lines past the checkpoint: they will be recomputed identically
-        lines = [l for l in log_path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
-        log_path.write_text("".join(l + "\n" for l in lines))
-    log_file = log_path.open("a")
+    log_file = open_jsonl_log(run_dir / "train_log.jsonl", cfg.resume, "step", step)  # later lines get recomputed identically
     print(f"training {policy.policy_type} ({n_params / 1e6:.2f}M params) for {cfg.steps} steps, batch {cfg.batch_size}, run dir {run_dir}")
 
     policy.train()

@@ -4,6 +4,8 @@ from data.normalize import Normalizer
 from policies.base import Policy
 from policies.diffusion.config import DiffusionConfig
 from policies.diffusion.policy import DiffusionPolicy
+from policies.steered.config import SteeredConfig
+from policies.steered.policy import SteeredPolicy
 from policies.vqbet.config import VQBeTConfig
 from policies.vqbet.policy import VQBeTPolicy
 
@@ -15,4 +17,4 @@ def make_policy(config: PolicyConfig, normalizer: Normalizer) -> Policy:
     return POLICY_FOR_CONFIG[type(config)](config, normalizer)
 
 
-__all__ = ["Policy", "PolicyConfig", "DiffusionConfig", "DiffusionPolicy", "VQBeTConfig", "VQBeTPolicy", "make_policy"]
+__all__ = ["DiffusionConfig", "DiffusionPolicy", "Policy", "PolicyConfig", "SteeredConfig", "SteeredPolicy", "VQBeTConfig", "VQBeTPolicy", "make_policy"]

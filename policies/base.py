@@ -12,6 +12,8 @@ Checkpoint directory (written by `save_pretrained`, read by `from_pretrained`):
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import deque
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,7 +37,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 NORMALIZER_FILE = "normalizer.safetensors"
 
-_REGISTRY: dict[str, type["Policy"]] = {}
+_REGISTRY: dict[str, type[Policy]] = {}
 
 
 def window_offsets(config: Any) -> dict[str, list[int]]:
@@ -112,6 +114,26 @@ class Policy(nn.Module):
             parts.append(x)
         return torch.cat(parts, dim=-1)
 
+    def state_features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Observation windows in env units (B, n_obs_steps, dim) per key -> normalized, flat (B, n_obs_steps * state_dim)."""
+        normalized = {k: self.normalizer.normalize(k, obs[k]) for k in self.config.state_keys}
+        return self.state_window(normalized).flatten(1)
+
+    def fingerprint(self) -> str:
+        """sha256 of what this policy computes: policy type, full config, weights and normalizer statistics.
+
+        Independent of file layout, so a re-saved copy of a checkpoint has the same fingerprint.
+        """
+        digest = hashlib.sha256(json.dumps([self.policy_type, config_to_dict(self.config)], sort_keys=True).encode())
+        tensors = {f"weights/{k}": v for k, v in self.state_dict().items()}
+        tensors |= {f"normalizer/{k}": v for k, v in self.normalizer.to_tensors().items()}
+        for name in sorted(tensors):
+            t = tensors[name].detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(json.dumps(self.normalizer.modes_dict(), sort_keys=True).encode())
+        return digest.hexdigest()
+
     def window_offsets(self) -> dict[str, list[int]]:
         return window_offsets(self.config)
 
@@ -136,7 +158,7 @@ class Policy(nn.Module):
         )
 
     @staticmethod
-    def load_config(directory: str | Path) -> tuple[type["Policy"], Any]:
+    def load_config(directory: str | Path) -> tuple[type[Policy], Any]:
         path = Path(directory) / CONFIG_FILE
         payload = read_json(path)
         for field in ("policy_type", "format_version", "config"):
@@ -151,7 +173,7 @@ class Policy(nn.Module):
         return cls, config_from_dict(cls.config_class, payload["config"], where=str(path))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "Policy":
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Policy:
         """Load any registered policy type from a checkpoint dir. Every file must be present and match."""
         import policies  # noqa: F401  (registers all policy types)
 
@@ -161,14 +183,25 @@ class Policy(nn.Module):
         policy_cls, config = Policy.load_config(directory)
         if cls is not Policy and not issubclass(policy_cls, cls):
             raise CheckpointError(f"{directory} holds a {policy_cls.policy_type} policy, not a {cls.policy_type} one")
-        try:
-            normalizer = Normalizer.load(directory / NORMALIZER_FILE)
-        except (ValueError, OSError) as e:
-            raise CheckpointError(str(e)) from e
-        policy = policy_cls(config, normalizer)
+        return policy_cls.load_from_dir(directory, config).to(map_location).eval()
+
+    @classmethod
+    def load_from_dir(cls, directory: Path, config: Any) -> Policy:
+        """Build this policy type from its parsed config and the files in `directory`.
+
+        Wrapper policies (DSRL, residual) override this to load the base checkpoint they contain.
+        """
+        policy = cls(config, load_normalizer(directory))
         state = load_safetensors(directory / WEIGHTS_FILE)
         load_state_dict_strict(policy, state, str(directory / WEIGHTS_FILE))
-        return policy.to(map_location).eval()
+        return policy
+
+
+def load_normalizer(directory: Path) -> Normalizer:
+    try:
+        return Normalizer.load(directory / NORMALIZER_FILE)
+    except (ValueError, OSError) as e:
+        raise CheckpointError(str(e)) from e
 
 
 def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:

@@ -1,0 +1,58 @@
+"""Config of a DSRL-steered Diffusion Policy: the noise actor's hyperparameters plus the base's shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from policies.io_config import PolicyIOConfig
+
+
+@dataclass(frozen=True)
+class SteeredConfig(PolicyIOConfig):
+    """IO and chunking fields are copied from the base Diffusion Policy and checked against it on load."""
+
+    n_obs_steps: int = 2
+    """Observation window of the base (and of the actor)."""
+    horizon: int = 16
+    """Chunk length of the base; the latent is horizon x action_dim."""
+    n_action_steps: int = 8
+    """Actions executed per chunk, as in the base."""
+    noise_magnitude: float = 1.5
+    """The actor's latent is tanh-squashed to [-noise_magnitude, noise_magnitude] per dimension."""
+    hidden_dim: int = 256
+    """Width of the actor MLP."""
+    n_layers: int = 3
+    """Hidden layers of the actor MLP."""
+    layer_norm: bool = True
+    """LayerNorm after each hidden Linear."""
+    activation: str = "tanh"
+    """Hidden activation (tanh, relu, gelu, silu)."""
+    log_std_min: float = -5.0
+    """Lower bound of the actor's Gaussian log-std (pre-tanh)."""
+    log_std_max: float = 2.0
+    """Upper bound of the actor's Gaussian log-std (pre-tanh)."""
+    base_fingerprint: str = ""
+    """`Policy.fingerprint()` of the base this actor was trained on; loading checks it."""
+
+    @property
+    def latent_dim(self) -> int:
+        return self.horizon * self.action_dim
+
+    @property
+    def obs_feature_dim(self) -> int:
+        return self.n_obs_steps * self.state_dim
+
+
+# Fields a steered config copies from its base.
+BASE_FIELDS = ("state_keys", "state_dims", "action_key", "action_dim", "state_norm", "action_norm", "n_obs_steps", "horizon", "n_action_steps")
+
+
+def for_base(base_config: Any, base_fingerprint: str, **actor: Any) -> SteeredConfig:
+    return SteeredConfig(**{f: getattr(base_config, f) for f in BASE_FIELDS}, base_fingerprint=base_fingerprint, **actor)
+
+
+def actor_fields(config: SteeredConfig) -> dict[str, Any]:
+    """The actor's own hyperparameters (everything not copied from the base)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in (*BASE_FIELDS, "base_fingerprint")}

@@ -1,0 +1,133 @@
+"""DSRL: a frozen Diffusion Policy steered through its initial noise (Wagenmaker et al. 2025).
+
+The noise actor maps the observation window to the DDIM sampler's initial latent w (horizon x action_dim),
+tanh-squashed to +-noise_magnitude. Deterministic DDIM turns w into the action chunk. The base is a
+black box: only `base.predict_action_chunk(obs, noise=w)` is used, and its weights never change.
+
+Checkpoint directory:
+    config.json, model.safetensors (actor only), normalizer.safetensors (the base's)
+    base/        the base Diffusion Policy checkpoint; its fingerprint must match config.base_fingerprint
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from core.io import (
+    CheckpointError,
+    atomic_save_safetensors,
+    atomic_write_json,
+    config_to_dict,
+    load_safetensors,
+)
+from policies.base import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    NORMALIZER_FILE,
+    WEIGHTS_FILE,
+    Policy,
+    load_state_dict_strict,
+)
+from policies.diffusion.policy import DiffusionPolicy
+from policies.mlp import mlp
+from policies.steered.config import BASE_FIELDS, SteeredConfig
+
+BASE_DIR = "base"
+
+
+class NoiseActor(nn.Module):
+    """Tanh-Gaussian actor over the latent: features (B, F) -> latent (B, latent_dim) in +-magnitude."""
+
+    def __init__(self, config: SteeredConfig) -> None:
+        super().__init__()
+        self.magnitude = config.noise_magnitude
+        self.log_std_min, self.log_std_max = config.log_std_min, config.log_std_max
+        self.net = mlp(config.obs_feature_dim, 2 * config.latent_dim, config.hidden_dim, config.n_layers, config.layer_norm, config.activation)
+
+    def forward(self, features: torch.Tensor, eps: torch.Tensor | None = None, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (latent, log_prob). `eps`: the standard-normal draw (sampled when None)."""
+        mean, log_std = self.net(features).chunk(2, dim=-1)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
+        if deterministic:
+            u = mean
+        else:
+            u = mean + log_std.exp() * (torch.randn_like(mean) if eps is None else eps)
+        squashed = torch.tanh(u)
+        gaussian_log_prob = (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_prob = gaussian_log_prob - torch.log(self.magnitude * (1 - squashed.pow(2)) + 1e-6).sum(-1)
+        return squashed * self.magnitude, log_prob
+
+
+class SteeredPolicy(Policy):
+    policy_type: ClassVar[str] = "dsrl"
+    config_class: ClassVar[type] = SteeredConfig
+
+    def __init__(self, config: SteeredConfig, base: DiffusionPolicy) -> None:
+        check_base(config, base)
+        super().__init__(config, base.normalizer)
+        self.base = base.requires_grad_(False).eval()
+        self.actor = NoiseActor(config)
+
+    def train(self, mode: bool = True) -> SteeredPolicy:
+        super().train(mode)
+        self.base.eval()  # the base is frozen, always in inference mode
+        return self
+
+    def latent(self, obs: dict[str, torch.Tensor], eps: torch.Tensor | None = None) -> torch.Tensor:
+        """The actor's latent for an observation window: its mean, or a sample when `eps` is given."""
+        features = self.state_features(obs)
+        if eps is not None:
+            eps = eps.reshape(features.shape[0], -1)
+        return self.actor(features, eps=eps, deterministic=eps is None)[0]
+
+    @torch.no_grad()
+    def predict_action_chunk(self, obs: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> torch.Tensor:
+        """`noise`: optional standard-normal draw (B, horizon, action_dim) for the actor; None = deterministic actor."""
+        latent = self.latent(obs, eps=noise)
+        return self.base.predict_action_chunk(obs, noise=latent.view(self.base.noise_shape(latent.shape[0])))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError("a steered policy is trained with RL: python train.py dsrl --base <checkpoint> ...")
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+        directory = Path(directory)
+        self.base.save_pretrained(directory / BASE_DIR)
+        atomic_save_safetensors(directory / WEIGHTS_FILE, weights if weights is not None else self.actor.state_dict(), metadata={"policy_type": self.policy_type})
+        self.normalizer.save(directory / NORMALIZER_FILE)
+        atomic_write_json(
+            directory / CONFIG_FILE,
+            {"policy_type": self.policy_type, "format_version": FORMAT_VERSION, "config": config_to_dict(self.config)},
+        )
+
+    @classmethod
+    def load_from_dir(cls, directory: Path, config: SteeredConfig) -> SteeredPolicy:
+        base = DiffusionPolicy.from_pretrained(directory / BASE_DIR)
+        found = base.fingerprint()
+        if found != config.base_fingerprint:
+            raise CheckpointError(
+                f"{directory / BASE_DIR}: base fingerprint {found[:12]} does not match the {config.base_fingerprint[:12]} "
+                f"recorded in {directory / CONFIG_FILE}; the actor was trained on a different base"
+            )
+        policy = cls(config, base)
+        load_state_dict_strict(policy.actor, load_safetensors(directory / WEIGHTS_FILE), str(directory / WEIGHTS_FILE))
+        return policy
+
+
+def check_base(config: SteeredConfig, base: Policy) -> None:
+    """The base must be a deterministic-DDIM Diffusion Policy with the shapes the config records."""
+    if not isinstance(base, DiffusionPolicy):
+        raise CheckpointError(f"DSRL steers a Diffusion Policy; the base is a {base.policy_type} policy")
+    if base.config.inference_scheduler != "ddim":
+        raise CheckpointError(
+            f"DSRL needs deterministic DDIM sampling; the base samples with {base.config.inference_scheduler!r} "
+            "(set policy.inference_scheduler=ddim in the base's config.json)"
+        )
+    diff = {f: (getattr(config, f), getattr(base.config, f)) for f in BASE_FIELDS if getattr(config, f) != getattr(base.config, f)}
+    if diff:
+        raise CheckpointError("steered config does not match its base: " + "; ".join(f"{k}: {a!r} vs base {b!r}" for k, (a, b) in diff.items()))

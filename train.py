@@ -5,6 +5,7 @@
     python train.py vqbet --env metaworld/push-v3     # VQ-BeT instead of Diffusion Policy (presets pick the policy type)
     python train.py default --steps 3000 --policy.down-dims 128 256 512 --dataset demos/push.zarr
     python train.py default --run-dir runs/x --resume # continue an interrupted run exactly
+    python train.py dsrl --base runs/x --env metaworld/push-v3   # DSRL finetuning of a trained DP (rl/dsrl.py)
 
 Run directory:
     train_config.json         every hyperparameter of the run
@@ -346,6 +347,11 @@ def run_eval(cfg: TrainConfig, policy: Policy, n_episodes: int, video_dir: Path 
 
 
 def main(argv: list[str] | None = None) -> dict:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "dsrl":  # RL finetuning of a trained policy: python train.py dsrl --base <ckpt> --env ...
+        from rl.dsrl import main as dsrl_main
+
+        return dsrl_main(args[1:])
     cfg = tyro.extras.overridable_config_cli(PRESETS, args=argv) if argv or len(sys.argv) > 1 else PRESETS["default"][1]
     try:
         return train(cfg)

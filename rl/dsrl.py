@@ -1,0 +1,472 @@
+"""DSRL: steer a frozen Diffusion Policy by running RL in its initial-noise space (Wagenmaker et al. 2025).
+
+    python train.py dsrl --base runs/x/checkpoints/last --env metaworld/sweep-into-v3
+    python train.py dsrl --base ... --env ... --algo sac --total-env-steps 50000
+    python train.py dsrl --base ... --env ... --run-dir R --resume      # continue from R's last checkpoint
+
+The RL "action" is the DDIM sampler's initial latent w (horizon x action_dim), squashed by tanh to
++-noise_magnitude. Deterministic DDIM (eta=0) turns w into a chunk; its first n_action_steps actions run
+in the env (rl/chunk_env.py), and the chunk's reward is the sum over the steps executed. The base is only
+called through `predict_action_chunk(obs, noise=w)`; its weights never change.
+
+Algorithms (--algo):
+  sac  DSRL-SAC: SAC in noise space. Twin critics Q(s, w), tanh-Gaussian actor, automatic entropy tuning.
+  na   DSRL-NA (noise aliasing, the paper's default):
+       Q^A(s, a) is trained by TD on the executed chunk a;
+       Q^W(s, w) is distilled from Q^A on (s, w, a = base(s, w)) with w ~ N(0, I) drawn fresh, clipped to the bound;
+       the actor maximises Q^W. Noise that the base maps to the same chunk gets the same value (aliasing).
+       Two choices made for CPU budgets, both exact for a frozen base:
+       - the distillation pairs are produced while acting (K fresh w per env per decision, in the same
+         batched base call) and stored, instead of re-running the base on every gradient step; the base is
+         frozen, so base(s, w) is the same whenever it is computed;
+       - Q^A's bootstrap target at s' uses Q^W_target(s', w' ~ actor) instead of Q^A(s', base(s', w')),
+         which would need a base call per critic step; Q^W is trained to equal the latter.
+
+Env steps (not decisions) count everywhere: budgets, logs, checkpoints and the eval curve.
+
+Run directory:
+    train_config.json, train_log.jsonl, eval_log.jsonl (the success curve), tb/
+    checkpoints/step_<env steps>/  a SteeredPolicy checkpoint (base/ included) + train_state/ (critics,
+                                   optimizers, replay, RNG); only the newest keeps train_state/
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tyro
+from tqdm import tqdm
+
+from core.checkpoint import (
+    commit_checkpoint,
+    last_checkpoint,
+    load_rng_states,
+    open_jsonl_log,
+    prepare_run_dir,
+    save_rng_states,
+)
+from core.io import (
+    CheckpointError,
+    atomic_save_safetensors,
+    atomic_write_json,
+    config_to_dict,
+    load_safetensors,
+    optimizer_state_from_safetensors,
+    optimizer_state_to_safetensors,
+    read_json,
+)
+from envs.make import split_env_name
+from policies.base import Policy, load_state_dict_strict
+from policies.diffusion.policy import DiffusionPolicy
+from policies.steered.config import for_base
+from policies.steered.policy import SteeredPolicy, check_base
+from rl.chunk_env import check_policy_matches_env, make_chunked_vector_env, to_torch_obs
+from rl.networks import QEnsemble, soft_update
+from rl.replay import ReplayBuffer
+
+
+@dataclass(frozen=True)
+class DSRLConfig:
+    base: Path
+    """Checkpoint dir of the frozen Diffusion Policy to steer (or a run dir: its checkpoints/last)."""
+    env: str
+    """Environment as <suite>/<task>, e.g. metaworld/sweep-into-v3."""
+    algo: Literal["na", "sac"] = "na"
+    """na: DSRL-NA (noise-aliased critics, the paper's default); sac: DSRL-SAC (SAC directly in noise space)."""
+    total_env_steps: int = 100_000
+    """Budget in env steps (each decision executes up to n_action_steps of them)."""
+    n_envs: int = 8
+    """Parallel training envs (spawned subprocesses)."""
+    max_episode_steps: int = 100
+    """Step limit of training and evaluation episodes."""
+    terminate_on_success: bool = True
+    """End an episode at its first success (sparse reward 1 there). Otherwise reward 1 at every success step."""
+    noise_magnitude: float = 1.5
+    """Bound of the latent: the actor's tanh output is scaled to [-noise_magnitude, noise_magnitude]."""
+    hidden_dim: int = 256
+    """Width of actor and critic MLPs."""
+    n_layers: int = 3
+    """Hidden layers of actor and critic MLPs."""
+    layer_norm: bool = True
+    """LayerNorm in actor and critics."""
+    activation: str = "tanh"
+    """Hidden activation of actor and critics."""
+    gamma: float = 0.99
+    """Discount per decision (per executed chunk)."""
+    tau: float = 0.005
+    """Polyak rate of the target critics."""
+    lr: float = 3e-4
+    """Adam learning rate of actor, critics and entropy temperature."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    utd: int = 20
+    """Gradient steps per vector-env step (n_envs new transitions)."""
+    noise_critic_steps: int = 10
+    """DSRL-NA: distillation steps of Q^W per vector-env step."""
+    aliases_per_env: int = 4
+    """DSRL-NA: fresh N(0, I) latents decoded by the base per env and decision, for distilling Q^W."""
+    warmup_env_steps: int = 5_000
+    """Act with the base's own Gaussian noise (clipped to the bound) and do no updates until this many env steps."""
+    target_entropy: float = 0.0
+    """Target of the automatic entropy tuning, in nats over the whole latent."""
+    init_alpha: float = 0.01
+    """Initial entropy temperature (rewards are 0/1, so alpha starts small)."""
+    replay_capacity: int = 1_000_000
+    """Transitions kept (FIFO)."""
+    eval_every: int = 10_000
+    """Env steps between evaluations of the deterministic steered policy (0: only at the end)."""
+    eval_episodes: int = 50
+    """Seeded episodes per evaluation."""
+    eval_n_envs: int = 10
+    """Parallel envs during evaluation."""
+    eval_seed_start: int = 100_000
+    """Evaluation episode i uses seed eval_seed_start + i; training episodes use seeds from 1_000_000 * (seed + 1)."""
+    eval_base: bool = True
+    """Evaluate the unsteered base (its own random noise) at env step 0, the curve's starting point."""
+    save_every: int = 10_000
+    """Env steps between checkpoints (the end is always saved)."""
+    log_every: int = 2_000
+    """Env steps between logged scalars."""
+    seed: int = 0
+    """Seeds networks, exploration and the training episodes' initial states."""
+    run_dir: Path | None = None
+    """Default: runs/dsrl-<algo>-<task>-seed<seed>. Never overwritten: use --resume."""
+    resume: bool = False
+    """Continue the run in --run-dir from its last checkpoint (episodes in flight restart with new seeds)."""
+    num_threads: int | None = None
+    """torch CPU threads (default: torch's choice)."""
+
+    def __post_init__(self) -> None:
+        split_env_name(self.env)
+        if self.noise_magnitude <= 0:
+            raise ValueError(f"noise_magnitude must be > 0, got {self.noise_magnitude}")
+        for name in ("total_env_steps", "n_envs", "batch_size", "utd", "log_every", "save_every", "max_episode_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir or Path("runs") / f"dsrl-{self.algo}-{split_env_name(self.env)[1]}-seed{self.seed}"
+
+
+RESUMABLE_CHANGES = {"resume", "total_env_steps", "eval_every", "eval_episodes", "eval_n_envs", "eval_base", "save_every", "log_every", "num_threads"}
+
+
+def load_base(path: Path) -> DiffusionPolicy:
+    """The frozen base: a DDIM Diffusion Policy checkpoint (a run dir resolves to its checkpoints/last)."""
+    ckpt = last_checkpoint(path) if (path / "checkpoints").is_dir() else path
+    if ckpt is None:
+        raise CheckpointError(f"{path}: run has no complete checkpoint (checkpoints/last is missing)")
+    base = Policy.from_pretrained(ckpt)
+    if not isinstance(base, DiffusionPolicy):
+        raise CheckpointError(f"{ckpt} holds a {base.policy_type} policy; DSRL steers a Diffusion Policy (policy_type 'diffusion')")
+    return base
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------
+
+
+def save_checkpoint(run_dir: Path, policy: SteeredPolicy, nets: dict, optimizers: dict, buffers: dict, state: dict, rng: np.random.Generator) -> Path:
+    def write(tmp: Path) -> None:
+        policy.save_pretrained(tmp)
+        state_dir = tmp / "train_state"
+        atomic_save_safetensors(state_dir / "nets.safetensors", {f"{name}/{k}": v for name, net in nets.items() for k, v in net.state_dict().items()})
+        skeletons = {}
+        for name, opt in optimizers.items():
+            tensors, skeletons[name] = optimizer_state_to_safetensors(opt.state_dict())
+            atomic_save_safetensors(state_dir / f"optimizer_{name}.safetensors", tensors)
+        for name, buffer in buffers.items():
+            buffer.save(state_dir / f"replay_{name}.safetensors")
+        numpy_rng = save_rng_states(state_dir / "rng.safetensors", rng)
+        atomic_write_json(state_dir / "state.json", {**state, "optimizers": skeletons, "numpy_rng": numpy_rng})
+
+    ckpt = commit_checkpoint(run_dir / "checkpoints", f"step_{state['env_steps']:09d}", write)
+    for older in (run_dir / "checkpoints").glob("step_*"):  # replay buffers are large: only the newest keeps them
+        if older != ckpt:
+            shutil.rmtree(older / "train_state", ignore_errors=True)
+    return ckpt
+
+
+def load_checkpoint(ckpt: Path, policy: SteeredPolicy, nets: dict, optimizers: dict, buffers: dict, rng: np.random.Generator) -> dict:
+    state_dir = ckpt / "train_state"
+    if not state_dir.is_dir():
+        raise CheckpointError(f"{ckpt} has no train_state/ (only the newest checkpoint of a run can be resumed)")
+    saved = SteeredPolicy.from_pretrained(ckpt)
+    if saved.config != policy.config:
+        raise CheckpointError(f"{ckpt}: steered policy config differs from this run's")
+    policy.actor.load_state_dict(saved.actor.state_dict())
+    tensors = load_safetensors(state_dir / "nets.safetensors")
+    for name, net in nets.items():
+        load_state_dict_strict(net, {k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == name}, f"{state_dir}/nets.safetensors[{name}]")
+    state = read_json(state_dir / "state.json")
+    for name, opt in optimizers.items():
+        opt.load_state_dict(optimizer_state_from_safetensors(load_safetensors(state_dir / f"optimizer_{name}.safetensors"), state["optimizers"][name]))
+    for name, buffer in buffers.items():
+        buffer.load(state_dir / f"replay_{name}.safetensors")
+    load_rng_states(state_dir / "rng.safetensors", rng, state["numpy_rng"])
+    return state
+
+
+# ---- training ---------------------------------------------------------------------------------------
+
+
+class EntropyTemperature(torch.nn.Module):
+    def __init__(self, init_alpha: float) -> None:
+        super().__init__()
+        self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(init_alpha)))
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp().detach()
+
+
+def train(cfg: DSRLConfig) -> dict:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    base = load_base(cfg.base)
+    check_policy_matches_env(base.config, cfg.env, f"base {cfg.base}")
+    run_dir = cfg.resolved_run_dir()
+    prepare_run_dir(run_dir, config_to_dict(cfg), cfg.resume, RESUMABLE_CHANGES)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    policy = SteeredPolicy(
+        for_base(base.config, base.fingerprint(), noise_magnitude=cfg.noise_magnitude, hidden_dim=cfg.hidden_dim,
+                 n_layers=cfg.n_layers, layer_norm=cfg.layer_norm, activation=cfg.activation),
+        base,
+    )
+    check_base(policy.config, base)
+    pc = policy.config
+    obs_dim, latent_dim = pc.obs_feature_dim, pc.latent_dim
+    chunk_dim = pc.n_action_steps * pc.action_dim
+    first = pc.n_obs_steps - 1  # chunk index aligned with "now"
+    mag = cfg.noise_magnitude
+    actor = policy.actor
+
+    def critic(in_dim: int) -> QEnsemble:
+        return QEnsemble(in_dim, 2, cfg.hidden_dim, cfg.n_layers, cfg.layer_norm, cfg.activation)
+
+    # SAC: one twin critic on (s, w). NA: Q^A on (s, executed chunk) and Q^W on (s, w); only Q^W needs a target.
+    noise_critic = critic(obs_dim + latent_dim)
+    noise_critic_target = copy.deepcopy(noise_critic).requires_grad_(False)
+    action_critic = critic(obs_dim + chunk_dim) if cfg.algo == "na" else None
+    temperature = EntropyTemperature(cfg.init_alpha)
+    nets = {"noise_critic": noise_critic, "noise_critic_target": noise_critic_target, "temperature": temperature}
+    optimizers = {
+        "actor": torch.optim.Adam(actor.parameters(), lr=cfg.lr),
+        "noise_critic": torch.optim.Adam(noise_critic.parameters(), lr=cfg.lr),
+        "temperature": torch.optim.Adam(temperature.parameters(), lr=cfg.lr),
+    }
+    if action_critic is not None:
+        nets["action_critic"] = action_critic
+        optimizers["action_critic"] = torch.optim.Adam(action_critic.parameters(), lr=cfg.lr)
+    replay = ReplayBuffer(cfg.replay_capacity, {"obs": (obs_dim,), "latent": (latent_dim,), "chunk": (chunk_dim,), "reward": (), "next_obs": (obs_dim,), "terminated": ()})
+    buffers = {"transitions": replay}
+    if cfg.algo == "na":
+        aliases = ReplayBuffer(cfg.replay_capacity * (1 + cfg.aliases_per_env), {"obs": (obs_dim,), "latent": (latent_dim,), "chunk": (chunk_dim,)})
+        buffers["aliases"] = aliases
+
+    state = {"env_steps": 0, "decisions": 0, "updates": 0, "episodes": 0, "successes": 0, "wall_s": 0.0, "eval_wall_s": 0.0}
+    ckpt = last_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, policy, nets, optimizers, buffers, rng)
+        state = {k: state[k] for k in ("env_steps", "decisions", "updates", "episodes", "successes", "wall_s", "eval_wall_s")}
+        print(f"resumed from {ckpt} at env step {state['env_steps']}")
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=state["env_steps"] or None)
+    log_file = open_jsonl_log(run_dir / "train_log.jsonl", cfg.resume, "env_steps", state["env_steps"])
+    eval_file = open_jsonl_log(run_dir / "eval_log.jsonl", cfg.resume, "env_steps", state["env_steps"])
+
+    def evaluate_now(which: Policy, label: str) -> float:
+        from envs.rollout import evaluate
+
+        t0 = time.perf_counter()
+        result = evaluate(which, cfg.env, cfg.eval_episodes, seed_start=cfg.eval_seed_start, n_envs=cfg.eval_n_envs,
+                          max_episode_steps=cfg.max_episode_steps, progress=False)
+        state["eval_wall_s"] += time.perf_counter() - t0
+        record = {"env_steps": state["env_steps"], "policy": label, "success_rate": result.success_rate, "ci95": list(result.ci95),
+                  "n_episodes": result.n_episodes, "seed_start": cfg.eval_seed_start, "max_episode_steps": cfg.max_episode_steps,
+                  "success_definition": result.success_definition, "train_wall_s": state["wall_s"]}
+        eval_file.write(json.dumps(record) + "\n")
+        eval_file.flush()
+        writer.add_scalar("eval/success_rate", result.success_rate, state["env_steps"])
+        tqdm.write(f"env step {state['env_steps']}: {label} {result.summary()}")
+        return result.success_rate
+
+    def sample_latent(features: torch.Tensor) -> torch.Tensor:
+        if state["env_steps"] < cfg.warmup_env_steps:  # the base's own N(0, I) noise, held to the bound
+            return torch.randn(features.shape[0], latent_dim).clamp(-mag, mag)
+        return actor(features)[0]
+
+    def update_critic_and_actor() -> dict[str, float]:
+        b = replay.sample(cfg.batch_size, rng)
+        alpha = temperature.alpha
+        with torch.no_grad():
+            next_latent, next_log_prob = actor(b["next_obs"])
+            next_value = noise_critic_target(b["next_obs"], next_latent).min(0).values - alpha * next_log_prob
+            target = b["reward"] + cfg.gamma * (1 - b["terminated"]) * next_value
+        if action_critic is not None:  # Q^A on the executed chunk
+            q = action_critic(b["obs"], b["chunk"])
+            critic_opt = optimizers["action_critic"]
+        else:
+            q = noise_critic(b["obs"], b["latent"])
+            critic_opt = optimizers["noise_critic"]
+        critic_loss = F.mse_loss(q, target.expand_as(q)) * q.shape[0]
+        critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        critic_opt.step()
+
+        latent, log_prob = actor(b["obs"])
+        actor_loss = (alpha * log_prob - noise_critic(b["obs"], latent).min(0).values).mean()
+        optimizers["actor"].zero_grad(set_to_none=True)
+        actor_loss.backward()
+        optimizers["actor"].step()
+        temperature_loss = -(temperature.log_alpha * (log_prob.detach() + cfg.target_entropy)).mean()
+        optimizers["temperature"].zero_grad(set_to_none=True)
+        temperature_loss.backward()
+        optimizers["temperature"].step()
+        if action_critic is None:
+            soft_update(noise_critic_target, noise_critic, cfg.tau)
+        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "alpha": alpha.item(),
+                "entropy": -log_prob.mean().item(), "q_mean": q.mean().item()}
+
+    def distill_noise_critic() -> dict[str, float]:
+        """DSRL-NA: Q^W(s, w) <- min_i Q^A_i(s, base(s, w)) on stored fresh-noise pairs."""
+        b = aliases.sample(cfg.batch_size, rng)
+        with torch.no_grad():
+            target = action_critic(b["obs"], b["chunk"]).min(0).values
+        q = noise_critic(b["obs"], b["latent"])
+        loss = F.mse_loss(q, target.expand_as(q)) * q.shape[0]
+        optimizers["noise_critic"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["noise_critic"].step()
+        soft_update(noise_critic_target, noise_critic, cfg.tau)
+        return {"distill_loss": loss.item()}
+
+    t_start = time.perf_counter() - state["wall_s"]  # wall time includes evaluations; eval_wall_s says how much
+    if state["env_steps"] == 0 and cfg.eval_base and cfg.eval_episodes:
+        evaluate_now(base, "base")
+
+    envs = make_chunked_vector_env(cfg.env, cfg.n_envs, pc.n_obs_steps, pc.n_action_steps,
+                                   max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success)
+    train_seed_start = 1_000_000 * (cfg.seed + 1)
+
+    def next_seeds(n: int) -> list[int]:
+        seeds = [train_seed_start + state["episodes"] + i for i in range(n)]
+        state["episodes"] += n
+        return seeds
+
+    obs, _ = envs.reset(seed=next_seeds(cfg.n_envs))
+    episode_return = np.zeros(cfg.n_envs)
+    window = {"episodes": 0, "successes": 0, "returns": 0.0, "metrics": {}, "n_metrics": 0}
+    next_log = (state["env_steps"] // cfg.log_every + 1) * cfg.log_every
+    next_eval = (state["env_steps"] // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
+    next_save = (state["env_steps"] // cfg.save_every + 1) * cfg.save_every
+    bar = tqdm(total=cfg.total_env_steps, initial=state["env_steps"], desc=f"dsrl-{cfg.algo}", unit="step", dynamic_ncols=True)
+    try:
+        while state["env_steps"] < cfg.total_env_steps:
+            obs_t = to_torch_obs(obs)
+            with torch.no_grad():
+                features = policy.state_features(obs_t)
+                latent = sample_latent(features)
+                if cfg.algo == "na":  # decode K fresh N(0, I) latents per env in the same batched base call
+                    fresh = torch.randn(cfg.n_envs * cfg.aliases_per_env, latent_dim).clamp(-mag, mag)
+                    all_latent = torch.cat([latent, fresh])
+                    all_obs = {k: v.repeat(1 + cfg.aliases_per_env, *[1] * (v.ndim - 1)) for k, v in obs_t.items()}
+                else:
+                    all_latent, all_obs = latent, obs_t
+                chunks = base.predict_action_chunk(all_obs, noise=all_latent.view(base.noise_shape(all_latent.shape[0])))
+                executed = chunks[:, first : first + pc.n_action_steps]
+                executed_norm = base.normalizer.normalize(pc.action_key, executed).flatten(1)
+            next_obs, reward, terminated, truncated, info = envs.step(executed[: cfg.n_envs].numpy())
+            with torch.no_grad():
+                next_features = policy.state_features(to_torch_obs(next_obs))
+            replay.add(obs=features, latent=latent, chunk=executed_norm[: cfg.n_envs], reward=reward, next_obs=next_features, terminated=terminated)
+            if cfg.algo == "na":
+                aliases.add(obs=features.repeat(1 + cfg.aliases_per_env, 1), latent=all_latent, chunk=executed_norm)
+            steps = int(np.sum(info["env_steps"]))
+            state["env_steps"] += steps
+            state["decisions"] += cfg.n_envs
+            bar.update(steps)
+            episode_return += reward
+            done = terminated | truncated
+            if done.any():
+                finished_success = np.asarray(info["success"], dtype=bool)[done] | (episode_return[done] > 0)
+                window["episodes"] += int(done.sum())
+                window["successes"] += int(finished_success.sum())
+                window["returns"] += float(episode_return[done].sum())
+                state["successes"] += int(finished_success.sum())
+                episode_return[done] = 0.0
+                seeds = iter(next_seeds(int(done.sum())))
+                reset_obs, _ = envs.reset(seed=[next(seeds) if d else None for d in done], options={"reset_mask": done})
+                next_obs = {k: np.where(done.reshape(-1, *[1] * (v.ndim - 1)), reset_obs[k], v) for k, v in next_obs.items()}
+            obs = next_obs
+
+            if state["env_steps"] >= cfg.warmup_env_steps and len(replay) >= cfg.batch_size:
+                metrics: dict[str, float] = {}
+                for _ in range(cfg.utd):
+                    metrics = update_critic_and_actor()
+                    state["updates"] += 1
+                if cfg.algo == "na":
+                    for _ in range(cfg.noise_critic_steps):
+                        metrics |= distill_noise_critic()
+                for k, v in metrics.items():
+                    window["metrics"][k] = window["metrics"].get(k, 0.0) + v
+                window["n_metrics"] += 1
+
+            state["wall_s"] = time.perf_counter() - t_start
+            if state["env_steps"] >= next_log:
+                scalars = {f"train/{k}": v / window["n_metrics"] for k, v in window["metrics"].items()}
+                if window["episodes"]:
+                    scalars["rollout/success_rate"] = window["successes"] / window["episodes"]
+                    scalars["rollout/episodes"] = window["episodes"]
+                scalars |= {"rollout/steps_per_s": state["env_steps"] / max(state["wall_s"] - state["eval_wall_s"], 1e-9), "train/updates": state["updates"]}
+                for name, value in scalars.items():
+                    writer.add_scalar(name, value, state["env_steps"])
+                log_file.write(json.dumps({"env_steps": state["env_steps"], "wall_s": state["wall_s"], **scalars}) + "\n")
+                log_file.flush()
+                if window["episodes"]:
+                    bar.set_postfix(rollout_success=f"{window['successes'] / window['episodes']:.2f}", alpha=f"{temperature.alpha.item():.3g}")
+                window = {"episodes": 0, "successes": 0, "returns": 0.0, "metrics": {}, "n_metrics": 0}
+                next_log += cfg.log_every
+            finished = state["env_steps"] >= cfg.total_env_steps
+            if state["env_steps"] >= next_eval and not finished:
+                evaluate_now(policy, "dsrl")
+                next_eval += cfg.eval_every
+            if state["env_steps"] >= next_save or finished:
+                save_checkpoint(run_dir, policy, nets, optimizers, buffers, state, rng)
+                next_save += cfg.save_every
+    finally:
+        bar.close()
+        envs.close()
+
+    summary = {"run_dir": str(run_dir), "checkpoint": str(last_checkpoint(run_dir)), "env_steps": state["env_steps"], "wall_s": state["wall_s"]}
+    if cfg.eval_episodes:
+        summary["success_rate"] = evaluate_now(policy, "dsrl")
+    log_file.close()
+    eval_file.close()
+    writer.close()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = tyro.cli(DSRLConfig, args=argv, prog="train.py dsrl")
+    try:
+        return train(cfg)
+    except (CheckpointError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

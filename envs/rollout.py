@@ -79,18 +79,23 @@ def evaluate(
     n_videos: int = 0,
     video_size: int = 256,
     progress: bool = True,
+    envs=None,
 ) -> EvalResult:
-    """Roll `policy` (the Policy contract: reset/select_action) out for `n_episodes` seeded episodes."""
+    """Roll `policy` (the Policy contract: reset/select_action) out for `n_episodes` seeded episodes.
+
+    `envs`: an open vector env from `make_eval_envs` to reuse (it stays open); by default one is made and closed.
+    """
     from tqdm import tqdm
 
     props = env_properties(env_name)
     max_steps = max_episode_steps or props["max_episode_steps"]
-    n_envs = max(1, min(n_envs, n_episodes))
-    n_videos = min(n_videos, n_envs) if video_dir is not None else 0
-    per_env = [
-        {"render_mode": "rgb_array", "width": video_size, "height": video_size} if i < n_videos else {} for i in range(n_envs)
-    ]
-    envs = make_vector_env(env_name, n_envs, per_env_kwargs=per_env, max_episode_steps=max_steps, terminate_on_success=True)
+    own_envs = envs is None
+    if own_envs:
+        n_envs = max(1, min(n_envs, n_episodes))
+        n_videos = min(n_videos, n_envs) if video_dir is not None else 0
+        envs = make_eval_envs(env_name, n_envs, max_steps, n_videos, video_size)
+    else:
+        n_envs, n_videos = envs.num_envs, 0
     device = next(policy.parameters()).device
     policy.check_ready()
     policy.eval()
@@ -129,7 +134,8 @@ def evaluate(
                 videos += _write_videos(frames, Path(video_dir), seeds, success, props["fps"])
         bar.close()
     finally:
-        envs.close()
+        if own_envs:
+            envs.close()
         torch.set_rng_state(rng_outside)
     n_success = sum(r.success for r in records)
     return EvalResult(
@@ -143,6 +149,12 @@ def evaluate(
         episodes=records,
         videos=videos,
     )
+
+
+def make_eval_envs(env_name: str, n_envs: int, max_episode_steps: int, n_videos: int = 0, video_size: int = 256):
+    """The vector env `evaluate` runs in: terminate on success, the first `n_videos` envs render."""
+    per_env = [{"render_mode": "rgb_array", "width": video_size, "height": video_size} if i < n_videos else {} for i in range(n_envs)]
+    return make_vector_env(env_name, n_envs, per_env_kwargs=per_env, max_episode_steps=max_episode_steps, terminate_on_success=True)
 
 
 def _write_videos(frames: list[list[np.ndarray]], directory: Path, seeds: list[int], success: np.ndarray, fps: int) -> list[str]:

@@ -33,9 +33,7 @@ Run directory:
 from __future__ import annotations
 
 import copy
-import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,30 +45,24 @@ import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
 
-from core.checkpoint import (
-    commit_checkpoint,
-    last_checkpoint,
-    load_rng_states,
-    open_jsonl_log,
-    prepare_run_dir,
-    save_rng_states,
-)
-from core.io import (
-    CheckpointError,
-    atomic_save_safetensors,
-    atomic_write_json,
-    config_to_dict,
-    load_safetensors,
-    optimizer_state_from_safetensors,
-    optimizer_state_to_safetensors,
-    read_json,
-)
+from core.checkpoint import last_checkpoint, prepare_run_dir
+from core.io import CheckpointError, config_to_dict
 from envs.make import split_env_name
-from policies.base import Policy, load_state_dict_strict
 from policies.diffusion.policy import DiffusionPolicy
 from policies.steered.config import for_base
-from policies.steered.policy import SteeredPolicy, check_base
+from policies.steered.policy import SteeredPolicy
 from rl.chunk_env import check_policy_matches_env, make_chunked_vector_env, to_torch_obs
+from rl.common import (
+    Cadence,
+    EpisodeSeeds,
+    Evaluator,
+    RunLog,
+    adam,
+    load_base,
+    load_checkpoint,
+    reset_finished,
+    save_checkpoint,
+)
 from rl.networks import QEnsemble, soft_update
 from rl.replay import ReplayBuffer
 
@@ -93,13 +85,13 @@ class DSRLConfig:
     """End an episode at its first success (sparse reward 1 there). Otherwise reward 1 at every success step."""
     noise_magnitude: float = 1.5
     """Bound of the latent: the actor's tanh output is scaled to [-noise_magnitude, noise_magnitude]."""
-    hidden_dim: int = 256
-    """Width of actor and critic MLPs."""
+    hidden_dim: int = 128
+    """Width of actor and critic MLPs (the paper uses 2048 on GPU; 128 keeps 20 updates per step affordable on 2 CPU cores)."""
     n_layers: int = 3
     """Hidden layers of actor and critic MLPs."""
     layer_norm: bool = True
     """LayerNorm in actor and critics."""
-    activation: str = "tanh"
+    activation: str = "relu"
     """Hidden activation of actor and critics."""
     gamma: float = 0.99
     """Discount per decision (per executed chunk)."""
@@ -113,17 +105,19 @@ class DSRLConfig:
     """Gradient steps per vector-env step (n_envs new transitions)."""
     noise_critic_steps: int = 10
     """DSRL-NA: distillation steps of Q^W per vector-env step."""
-    aliases_per_env: int = 4
+    aliases_per_env: int = 2
     """DSRL-NA: fresh N(0, I) latents decoded by the base per env and decision, for distilling Q^W."""
     warmup_env_steps: int = 5_000
     """Act with the base's own Gaussian noise (clipped to the bound) and do no updates until this many env steps."""
     target_entropy: float = 0.0
     """Target of the automatic entropy tuning, in nats over the whole latent."""
-    init_alpha: float = 0.01
-    """Initial entropy temperature (rewards are 0/1, so alpha starts small)."""
+    init_alpha: float = 1.0
+    """Initial entropy temperature; with target_entropy 0 it decays as training proceeds (the reference's SB3 'auto')."""
+    log_std_init: float = 0.0
+    """Initial log-std of the actor's pre-tanh Gaussian: 0 starts at the base's own N(0, 1) noise scale."""
     replay_capacity: int = 1_000_000
     """Transitions kept (FIFO)."""
-    eval_every: int = 10_000
+    eval_every: int = 20_000
     """Env steps between evaluations of the deterministic steered policy (0: only at the end)."""
     eval_episodes: int = 50
     """Seeded episodes per evaluation."""
@@ -161,64 +155,6 @@ class DSRLConfig:
 RESUMABLE_CHANGES = {"resume", "total_env_steps", "eval_every", "eval_episodes", "eval_n_envs", "eval_base", "save_every", "log_every", "num_threads"}
 
 
-def load_base(path: Path) -> DiffusionPolicy:
-    """The frozen base: a DDIM Diffusion Policy checkpoint (a run dir resolves to its checkpoints/last)."""
-    ckpt = last_checkpoint(path) if (path / "checkpoints").is_dir() else path
-    if ckpt is None:
-        raise CheckpointError(f"{path}: run has no complete checkpoint (checkpoints/last is missing)")
-    base = Policy.from_pretrained(ckpt)
-    if not isinstance(base, DiffusionPolicy):
-        raise CheckpointError(f"{ckpt} holds a {base.policy_type} policy; DSRL steers a Diffusion Policy (policy_type 'diffusion')")
-    return base
-
-
-# ---- checkpoints ------------------------------------------------------------------------------------
-
-
-def save_checkpoint(run_dir: Path, policy: SteeredPolicy, nets: dict, optimizers: dict, buffers: dict, state: dict, rng: np.random.Generator) -> Path:
-    def write(tmp: Path) -> None:
-        policy.save_pretrained(tmp)
-        state_dir = tmp / "train_state"
-        atomic_save_safetensors(state_dir / "nets.safetensors", {f"{name}/{k}": v for name, net in nets.items() for k, v in net.state_dict().items()})
-        skeletons = {}
-        for name, opt in optimizers.items():
-            tensors, skeletons[name] = optimizer_state_to_safetensors(opt.state_dict())
-            atomic_save_safetensors(state_dir / f"optimizer_{name}.safetensors", tensors)
-        for name, buffer in buffers.items():
-            buffer.save(state_dir / f"replay_{name}.safetensors")
-        numpy_rng = save_rng_states(state_dir / "rng.safetensors", rng)
-        atomic_write_json(state_dir / "state.json", {**state, "optimizers": skeletons, "numpy_rng": numpy_rng})
-
-    ckpt = commit_checkpoint(run_dir / "checkpoints", f"step_{state['env_steps']:09d}", write)
-    for older in (run_dir / "checkpoints").glob("step_*"):  # replay buffers are large: only the newest keeps them
-        if older != ckpt:
-            shutil.rmtree(older / "train_state", ignore_errors=True)
-    return ckpt
-
-
-def load_checkpoint(ckpt: Path, policy: SteeredPolicy, nets: dict, optimizers: dict, buffers: dict, rng: np.random.Generator) -> dict:
-    state_dir = ckpt / "train_state"
-    if not state_dir.is_dir():
-        raise CheckpointError(f"{ckpt} has no train_state/ (only the newest checkpoint of a run can be resumed)")
-    saved = SteeredPolicy.from_pretrained(ckpt)
-    if saved.config != policy.config:
-        raise CheckpointError(f"{ckpt}: steered policy config differs from this run's")
-    policy.actor.load_state_dict(saved.actor.state_dict())
-    tensors = load_safetensors(state_dir / "nets.safetensors")
-    for name, net in nets.items():
-        load_state_dict_strict(net, {k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == name}, f"{state_dir}/nets.safetensors[{name}]")
-    state = read_json(state_dir / "state.json")
-    for name, opt in optimizers.items():
-        opt.load_state_dict(optimizer_state_from_safetensors(load_safetensors(state_dir / f"optimizer_{name}.safetensors"), state["optimizers"][name]))
-    for name, buffer in buffers.items():
-        buffer.load(state_dir / f"replay_{name}.safetensors")
-    load_rng_states(state_dir / "rng.safetensors", rng, state["numpy_rng"])
-    return state
-
-
-# ---- training ---------------------------------------------------------------------------------------
-
-
 class EntropyTemperature(torch.nn.Module):
     def __init__(self, init_alpha: float) -> None:
         super().__init__()
@@ -233,6 +169,8 @@ def train(cfg: DSRLConfig) -> dict:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     base = load_base(cfg.base)
+    if not isinstance(base, DiffusionPolicy):
+        raise CheckpointError(f"{cfg.base} holds a {base.policy_type} policy; DSRL steers a Diffusion Policy (policy_type 'diffusion')")
     check_policy_matches_env(base.config, cfg.env, f"base {cfg.base}")
     run_dir = cfg.resolved_run_dir()
     prepare_run_dir(run_dir, config_to_dict(cfg), cfg.resume, RESUMABLE_CHANGES)
@@ -244,7 +182,7 @@ def train(cfg: DSRLConfig) -> dict:
                  n_layers=cfg.n_layers, layer_norm=cfg.layer_norm, activation=cfg.activation),
         base,
     )
-    check_base(policy.config, base)
+    policy.actor.init_log_std(cfg.log_std_init)
     pc = policy.config
     obs_dim, latent_dim = pc.obs_feature_dim, pc.latent_dim
     chunk_dim = pc.n_action_steps * pc.action_dim
@@ -262,13 +200,13 @@ def train(cfg: DSRLConfig) -> dict:
     temperature = EntropyTemperature(cfg.init_alpha)
     nets = {"noise_critic": noise_critic, "noise_critic_target": noise_critic_target, "temperature": temperature}
     optimizers = {
-        "actor": torch.optim.Adam(actor.parameters(), lr=cfg.lr),
-        "noise_critic": torch.optim.Adam(noise_critic.parameters(), lr=cfg.lr),
-        "temperature": torch.optim.Adam(temperature.parameters(), lr=cfg.lr),
+        "actor": adam(actor.parameters(), lr=cfg.lr),
+        "noise_critic": adam(noise_critic.parameters(), lr=cfg.lr),
+        "temperature": adam(temperature.parameters(), lr=cfg.lr),
     }
     if action_critic is not None:
         nets["action_critic"] = action_critic
-        optimizers["action_critic"] = torch.optim.Adam(action_critic.parameters(), lr=cfg.lr)
+        optimizers["action_critic"] = adam(action_critic.parameters(), lr=cfg.lr)
     replay = ReplayBuffer(cfg.replay_capacity, {"obs": (obs_dim,), "latent": (latent_dim,), "chunk": (chunk_dim,), "reward": (), "next_obs": (obs_dim,), "terminated": ()})
     buffers = {"transitions": replay}
     if cfg.algo == "na":
@@ -278,31 +216,10 @@ def train(cfg: DSRLConfig) -> dict:
     state = {"env_steps": 0, "decisions": 0, "updates": 0, "episodes": 0, "successes": 0, "wall_s": 0.0, "eval_wall_s": 0.0}
     ckpt = last_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, policy, nets, optimizers, buffers, rng)
-        state = {k: state[k] for k in ("env_steps", "decisions", "updates", "episodes", "successes", "wall_s", "eval_wall_s")}
+        state = load_checkpoint(ckpt, policy, nets, optimizers, buffers, rng, tuple(state))
         print(f"resumed from {ckpt} at env step {state['env_steps']}")
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=state["env_steps"] or None)
-    log_file = open_jsonl_log(run_dir / "train_log.jsonl", cfg.resume, "env_steps", state["env_steps"])
-    eval_file = open_jsonl_log(run_dir / "eval_log.jsonl", cfg.resume, "env_steps", state["env_steps"])
-
-    def evaluate_now(which: Policy, label: str) -> float:
-        from envs.rollout import evaluate
-
-        t0 = time.perf_counter()
-        result = evaluate(which, cfg.env, cfg.eval_episodes, seed_start=cfg.eval_seed_start, n_envs=cfg.eval_n_envs,
-                          max_episode_steps=cfg.max_episode_steps, progress=False)
-        state["eval_wall_s"] += time.perf_counter() - t0
-        record = {"env_steps": state["env_steps"], "policy": label, "success_rate": result.success_rate, "ci95": list(result.ci95),
-                  "n_episodes": result.n_episodes, "seed_start": cfg.eval_seed_start, "max_episode_steps": cfg.max_episode_steps,
-                  "success_definition": result.success_definition, "train_wall_s": state["wall_s"]}
-        eval_file.write(json.dumps(record) + "\n")
-        eval_file.flush()
-        writer.add_scalar("eval/success_rate", result.success_rate, state["env_steps"])
-        tqdm.write(f"env step {state['env_steps']}: {label} {result.summary()}")
-        return result.success_rate
+    log = RunLog(run_dir, cfg.resume, state["env_steps"])
+    evaluate_now = Evaluator(cfg.env, cfg.eval_episodes, cfg.eval_n_envs, cfg.eval_seed_start, cfg.max_episode_steps, log, state)
 
     def sample_latent(features: torch.Tensor) -> torch.Tensor:
         if state["env_steps"] < cfg.warmup_env_steps:  # the base's own N(0, I) noise, held to the bound
@@ -360,19 +277,11 @@ def train(cfg: DSRLConfig) -> dict:
 
     envs = make_chunked_vector_env(cfg.env, cfg.n_envs, pc.n_obs_steps, pc.n_action_steps,
                                    max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success)
-    train_seed_start = 1_000_000 * (cfg.seed + 1)
-
-    def next_seeds(n: int) -> list[int]:
-        seeds = [train_seed_start + state["episodes"] + i for i in range(n)]
-        state["episodes"] += n
-        return seeds
-
-    obs, _ = envs.reset(seed=next_seeds(cfg.n_envs))
+    seeds = EpisodeSeeds(cfg.seed, state)
+    obs, _ = envs.reset(seed=seeds.take(cfg.n_envs))
     episode_return = np.zeros(cfg.n_envs)
-    window = {"episodes": 0, "successes": 0, "returns": 0.0, "metrics": {}, "n_metrics": 0}
-    next_log = (state["env_steps"] // cfg.log_every + 1) * cfg.log_every
-    next_eval = (state["env_steps"] // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else math.inf
-    next_save = (state["env_steps"] // cfg.save_every + 1) * cfg.save_every
+    window = {"episodes": 0, "successes": 0, "metrics": {}, "n_metrics": 0}
+    log_due, eval_due, save_due = Cadence(cfg.log_every, state["env_steps"]), Cadence(cfg.eval_every, state["env_steps"]), Cadence(cfg.save_every, state["env_steps"])
     bar = tqdm(total=cfg.total_env_steps, initial=state["env_steps"], desc=f"dsrl-{cfg.algo}", unit="step", dynamic_ncols=True)
     try:
         while state["env_steps"] < cfg.total_env_steps:
@@ -402,16 +311,12 @@ def train(cfg: DSRLConfig) -> dict:
             episode_return += reward
             done = terminated | truncated
             if done.any():
-                finished_success = np.asarray(info["success"], dtype=bool)[done] | (episode_return[done] > 0)
+                finished_success = int((episode_return[done] > 0).sum())
                 window["episodes"] += int(done.sum())
-                window["successes"] += int(finished_success.sum())
-                window["returns"] += float(episode_return[done].sum())
-                state["successes"] += int(finished_success.sum())
+                window["successes"] += finished_success
+                state["successes"] += finished_success
                 episode_return[done] = 0.0
-                seeds = iter(next_seeds(int(done.sum())))
-                reset_obs, _ = envs.reset(seed=[next(seeds) if d else None for d in done], options={"reset_mask": done})
-                next_obs = {k: np.where(done.reshape(-1, *[1] * (v.ndim - 1)), reset_obs[k], v) for k, v in next_obs.items()}
-            obs = next_obs
+            obs = reset_finished(envs, next_obs, done, seeds)
 
             if state["env_steps"] >= cfg.warmup_env_steps and len(replay) >= cfg.batch_size:
                 metrics: dict[str, float] = {}
@@ -426,37 +331,27 @@ def train(cfg: DSRLConfig) -> dict:
                 window["n_metrics"] += 1
 
             state["wall_s"] = time.perf_counter() - t_start
-            if state["env_steps"] >= next_log:
+            if log_due.due(state["env_steps"]):
                 scalars = {f"train/{k}": v / window["n_metrics"] for k, v in window["metrics"].items()}
                 if window["episodes"]:
-                    scalars["rollout/success_rate"] = window["successes"] / window["episodes"]
-                    scalars["rollout/episodes"] = window["episodes"]
-                scalars |= {"rollout/steps_per_s": state["env_steps"] / max(state["wall_s"] - state["eval_wall_s"], 1e-9), "train/updates": state["updates"]}
-                for name, value in scalars.items():
-                    writer.add_scalar(name, value, state["env_steps"])
-                log_file.write(json.dumps({"env_steps": state["env_steps"], "wall_s": state["wall_s"], **scalars}) + "\n")
-                log_file.flush()
-                if window["episodes"]:
+                    scalars |= {"rollout/success_rate": window["successes"] / window["episodes"], "rollout/episodes": window["episodes"]}
                     bar.set_postfix(rollout_success=f"{window['successes'] / window['episodes']:.2f}", alpha=f"{temperature.alpha.item():.3g}")
-                window = {"episodes": 0, "successes": 0, "returns": 0.0, "metrics": {}, "n_metrics": 0}
-                next_log += cfg.log_every
+                scalars |= {"rollout/steps_per_s": state["env_steps"] / max(state["wall_s"] - state["eval_wall_s"], 1e-9), "train/updates": state["updates"]}
+                log.scalars(state["env_steps"], state["wall_s"], scalars)
+                window = {"episodes": 0, "successes": 0, "metrics": {}, "n_metrics": 0}
             finished = state["env_steps"] >= cfg.total_env_steps
-            if state["env_steps"] >= next_eval and not finished:
+            if eval_due.due(state["env_steps"]) and not finished:
                 evaluate_now(policy, "dsrl")
-                next_eval += cfg.eval_every
-            if state["env_steps"] >= next_save or finished:
+            if save_due.due(state["env_steps"]) or finished:
                 save_checkpoint(run_dir, policy, nets, optimizers, buffers, state, rng)
-                next_save += cfg.save_every
+        summary = {"run_dir": str(run_dir), "checkpoint": str(last_checkpoint(run_dir)), "env_steps": state["env_steps"], "wall_s": state["wall_s"]}
+        if cfg.eval_episodes:
+            summary["success_rate"] = evaluate_now(policy, "dsrl")
     finally:
         bar.close()
         envs.close()
-
-    summary = {"run_dir": str(run_dir), "checkpoint": str(last_checkpoint(run_dir)), "env_steps": state["env_steps"], "wall_s": state["wall_s"]}
-    if cfg.eval_episodes:
-        summary["success_rate"] = evaluate_now(policy, "dsrl")
-    log_file.close()
-    eval_file.close()
-    writer.close()
+        evaluate_now.close()
+        log.close()
     return summary
 
 

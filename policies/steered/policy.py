@@ -49,6 +49,16 @@ class NoiseActor(nn.Module):
         self.log_std_min, self.log_std_max = config.log_std_min, config.log_std_max
         self.net = mlp(config.obs_feature_dim, 2 * config.latent_dim, config.hidden_dim, config.n_layers, config.layer_norm, config.activation)
 
+    @torch.no_grad()
+    def init_log_std(self, value: float) -> None:
+        """Start with the same std for every state and dimension: exp(value) (0.0 gives the base's N(0, 1) scale)."""
+        if not self.log_std_min < value < self.log_std_max:
+            raise ValueError(f"log_std_init {value} must lie in ({self.log_std_min}, {self.log_std_max})")
+        last = self.net[-1]
+        half = last.out_features // 2
+        last.weight[half:].zero_()
+        last.bias[half:].fill_(math.atanh(2 * (value - self.log_std_min) / (self.log_std_max - self.log_std_min) - 1))
+
     def forward(self, features: torch.Tensor, eps: torch.Tensor | None = None, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (latent, log_prob). `eps`: the standard-normal draw (sampled when None)."""
         mean, log_std = self.net(features).chunk(2, dim=-1)

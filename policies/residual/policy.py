@@ -1,0 +1,150 @@
+"""Residual policy: a frozen chunked base (Diffusion Policy or VQ-BeT) plus a bounded per-step correction.
+
+Each step the base supplies its next action from its chunk queue (a black box, through `select_action`),
+and the residual MLP reads (normalized observation window, normalized base action) and outputs
+delta = residual_scale * tanh(.) in normalized action units. The executed action is
+unnormalize(base + delta) clipped to the env's action bounds. The last layer starts at zero, so an
+untrained residual reproduces the base exactly (ResiP, Ankile et al. 2024; ResFiT, 2025).
+
+Checkpoint directory:
+    config.json, model.safetensors (residual only), normalizer.safetensors (the base's)
+    base/        the base checkpoint; its fingerprint must match config.base_fingerprint
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from core.io import (
+    CheckpointError,
+    atomic_save_safetensors,
+    atomic_write_json,
+    config_to_dict,
+    load_safetensors,
+)
+from policies.base import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    NORMALIZER_FILE,
+    WEIGHTS_FILE,
+    Policy,
+    load_state_dict_strict,
+)
+from policies.mlp import mlp
+from policies.residual.config import BASE_FIELDS, ResidualConfig
+
+BASE_DIR = "base"
+
+
+class ResidualActor(nn.Module):
+    """(features, normalized base action) -> pre-tanh correction; zero at initialisation."""
+
+    def __init__(self, config: ResidualConfig) -> None:
+        super().__init__()
+        self.net = mlp(config.obs_feature_dim + config.action_dim, config.action_dim, config.hidden_dim, config.n_layers, config.layer_norm, config.activation)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, features: torch.Tensor, base_action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([features, base_action], dim=-1))
+
+
+class ResidualPolicy(Policy):
+    policy_type: ClassVar[str] = "residual"
+    config_class: ClassVar[type] = ResidualConfig
+
+    def __init__(self, config: ResidualConfig, base: Policy) -> None:
+        check_base(config, base)
+        super().__init__(config, base.normalizer)
+        self.base = base.requires_grad_(False).eval()
+        self.residual = ResidualActor(config)
+        self.register_buffer("action_low", torch.tensor(config.action_low, dtype=torch.float32), persistent=False)
+        self.register_buffer("action_high", torch.tensor(config.action_high, dtype=torch.float32), persistent=False)
+        self._history: deque[dict[str, torch.Tensor]] = deque(maxlen=config.n_obs_steps)
+
+    def train(self, mode: bool = True) -> "ResidualPolicy":
+        super().train(mode)
+        self.base.eval()
+        return self
+
+    def check_ready(self) -> None:
+        self.base.check_ready()
+
+    def reset(self) -> None:
+        super().reset()
+        self.base.reset()
+        self._history.clear()
+
+    # ---- the correction -------------------------------------------------------------------------
+    def correction(self, features: torch.Tensor, base_action_norm: torch.Tensor) -> torch.Tensor:
+        """The bounded correction in normalized action units."""
+        return self.config.residual_scale * torch.tanh(self.residual(features, base_action_norm))
+
+    def combine(self, base_action_norm: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Normalized base action + correction -> env action, clipped to the env's bounds."""
+        action = self.normalizer.unnormalize(self.config.action_key, base_action_norm + delta)
+        return torch.maximum(torch.minimum(action, self.action_high), self.action_low)
+
+    def window_features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Track the observation window like `select_action` does and return its features."""
+        obs = {k: obs[k] for k in self.config.state_keys}
+        self._history.extend([obs] * (self.config.n_obs_steps if not self._history else 1))
+        return self.state_features({k: torch.stack([o[k] for o in self._history], dim=1) for k in obs})
+
+    # ---- contract ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def select_action(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        base_action = self.base.select_action(obs)
+        features = self.window_features(obs)
+        base_norm = self.normalizer.normalize(self.config.action_key, base_action)
+        return self.combine(base_norm, self.correction(features, base_norm))
+
+    @torch.no_grad()
+    def predict_action_chunk(self, obs: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The base's chunk with each action corrected from the given (current) observation window.
+
+        Open loop: `select_action` corrects each step from the observation of that step, which is what the
+        residual was trained for. Use this only where one observation per chunk is all there is.
+        """
+        chunk = self.base.predict_action_chunk(obs, noise)
+        features = self.state_features(obs)
+        base_norm = self.normalizer.normalize(self.config.action_key, chunk)
+        expanded = features[:, None].expand(-1, chunk.shape[1], -1)
+        return self.combine(base_norm, self.correction(expanded, base_norm))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError("a residual policy is trained with RL: python train.py residual --base <checkpoint> ...")
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+        directory = Path(directory)
+        self.base.save_pretrained(directory / BASE_DIR)
+        atomic_save_safetensors(directory / WEIGHTS_FILE, weights if weights is not None else self.residual.state_dict(), metadata={"policy_type": self.policy_type})
+        self.normalizer.save(directory / NORMALIZER_FILE)
+        atomic_write_json(directory / CONFIG_FILE, {"policy_type": self.policy_type, "format_version": FORMAT_VERSION, "config": config_to_dict(self.config)})
+
+    @classmethod
+    def load_from_dir(cls, directory: Path, config: ResidualConfig) -> "ResidualPolicy":
+        base = Policy.from_pretrained(directory / BASE_DIR)
+        found = base.fingerprint()
+        if found != config.base_fingerprint:
+            raise CheckpointError(
+                f"{directory / BASE_DIR}: base fingerprint {found[:12]} does not match the {config.base_fingerprint[:12]} "
+                f"recorded in {directory / CONFIG_FILE}; the residual was trained on a different base"
+            )
+        policy = cls(config, base)
+        load_state_dict_strict(policy.residual, load_safetensors(directory / WEIGHTS_FILE), str(directory / WEIGHTS_FILE))
+        return policy
+
+
+def check_base(config: ResidualConfig, base: Policy) -> None:
+    if base.policy_type != config.base_policy_type:
+        raise CheckpointError(f"residual config expects a {config.base_policy_type} base, got a {base.policy_type} policy")
+    diff = {f: (getattr(config, f), getattr(base.config, f)) for f in BASE_FIELDS if getattr(config, f) != getattr(base.config, f)}
+    if diff:
+        raise CheckpointError("residual config does not match its base: " + "; ".join(f"{k}: {a!r} vs base {b!r}" for k, (a, b) in diff.items()))

@@ -1,0 +1,54 @@
+"""Per-env base actions for per-step RL on top of a frozen chunked policy.
+
+`Policy.select_action` keeps one observation history and one chunk queue for the whole batch, so every
+env must reset together. RL vector envs reset independently. `BaseActionQueues` keeps a history and a
+queue per env and calls the base only through `predict_action_chunk`, for the envs whose queue is
+empty. It returns exactly the actions `select_action` would give each env on its own.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import torch
+
+from policies.base import Policy
+
+
+class BaseActionQueues:
+    def __init__(self, base: Policy, n_envs: int) -> None:
+        self.base = base
+        cfg = base.config
+        self.keys = cfg.state_keys
+        self.first = cfg.n_obs_steps - 1
+        self.n_action_steps = cfg.n_action_steps
+        self.history: list[deque[dict[str, torch.Tensor]]] = [deque(maxlen=cfg.n_obs_steps) for _ in range(n_envs)]
+        self.queues: list[deque[torch.Tensor]] = [deque() for _ in range(n_envs)]
+
+    def reset(self, mask: np.ndarray | None = None) -> None:
+        """Forget history and queued actions of the envs in `mask` (all when None): their episodes restart."""
+        for i in range(len(self.queues)) if mask is None else np.flatnonzero(mask):
+            self.history[i].clear()
+            self.queues[i].clear()
+
+    def windows(self, ids: list[int]) -> dict[str, torch.Tensor]:
+        return {k: torch.stack([torch.stack([o[k] for o in self.history[i]]) for i in ids]) for k in self.keys}
+
+    @torch.no_grad()
+    def step(self, obs: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Observe the current step of every env; return (base actions (N, A) in env units, features (N, F)).
+
+        Features: the base's normalized observation window, flattened (what the residual sees).
+        """
+        n = len(self.queues)
+        for i in range(n):
+            current = {k: torch.as_tensor(obs[k][i], dtype=torch.float32) for k in self.keys}
+            self.history[i].extend([current] * (self.history[i].maxlen if not self.history[i] else 1))
+        need = [i for i in range(n) if not self.queues[i]]
+        if need:
+            chunk = self.base.predict_action_chunk(self.windows(need))
+            for row, i in enumerate(need):
+                self.queues[i].extend(chunk[row, self.first : self.first + self.n_action_steps].unbind(0))
+        actions = torch.stack([q.popleft() for q in self.queues])
+        return actions, self.base.state_features(self.windows(list(range(n))))

@@ -1,0 +1,195 @@
+"""Pieces every RL finetuning script shares: loading the frozen base, run logs with the success curve,
+periodic evaluation, resetting finished envs with recorded seeds, and checkpoints with replay buffers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.checkpoint import (
+    commit_checkpoint,
+    last_checkpoint,
+    load_rng_states,
+    open_jsonl_log,
+    save_rng_states,
+)
+from core.io import (
+    CheckpointError,
+    atomic_save_safetensors,
+    atomic_write_json,
+    load_safetensors,
+    optimizer_state_from_safetensors,
+    optimizer_state_to_safetensors,
+    read_json,
+)
+from envs.rollout import evaluate, make_eval_envs
+from policies.base import Policy, load_state_dict_strict
+from rl.replay import ReplayBuffer
+
+# Training episode k of an RL run with seed s starts from env seed TRAIN_SEED_BASE * (s + 1) + k,
+# far from the evaluation seeds (100000+) and the demo seeds (0+).
+TRAIN_SEED_BASE = 1_000_000
+
+
+def load_base(path: Path) -> Policy:
+    """A policy checkpoint dir, or a run dir (its checkpoints/last)."""
+    ckpt = last_checkpoint(path) if (path / "checkpoints").is_dir() else path
+    if ckpt is None:
+        raise CheckpointError(f"{path}: run has no complete checkpoint (checkpoints/last is missing)")
+    return Policy.from_pretrained(ckpt)
+
+
+def adam(params, lr: float) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=lr, foreach=True)  # foreach: about 1.6x faster steps on CPU for these small nets
+
+
+class EpisodeSeeds:
+    """Hands out training-episode seeds in order; the counter is part of the checkpointed state."""
+
+    def __init__(self, seed: int, state: dict) -> None:
+        self.start = TRAIN_SEED_BASE * (seed + 1)
+        self.state = state
+
+    def take(self, n: int) -> list[int]:
+        seeds = [self.start + self.state["episodes"] + i for i in range(n)]
+        self.state["episodes"] += n
+        return seeds
+
+
+def reset_finished(envs, obs: dict[str, np.ndarray], done: np.ndarray, seeds: EpisodeSeeds) -> dict[str, np.ndarray]:
+    """Reset the envs in `done` with fresh seeds; return the observations with theirs replaced."""
+    if not done.any():
+        return obs
+    fresh = iter(seeds.take(int(done.sum())))
+    reset_obs, _ = envs.reset(seed=[next(fresh) if d else None for d in done], options={"reset_mask": done})
+    return {k: np.where(done.reshape(-1, *[1] * (v.ndim - 1)), reset_obs[k], v) for k, v in obs.items()}
+
+
+class RunLog:
+    """tensorboard + train_log.jsonl (scalars) + eval_log.jsonl (the success curve), all keyed by env steps."""
+
+    def __init__(self, run_dir: Path, resume: bool, env_steps: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=env_steps or None)
+        self.train = open_jsonl_log(run_dir / "train_log.jsonl", resume, "env_steps", env_steps)
+        self.evals = open_jsonl_log(run_dir / "eval_log.jsonl", resume, "env_steps", env_steps)
+
+    def scalars(self, env_steps: int, wall_s: float, scalars: dict[str, float]) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, env_steps)
+        self.train.write(json.dumps({"env_steps": env_steps, "wall_s": wall_s, **scalars}) + "\n")
+        self.train.flush()
+
+    def eval_point(self, record: dict) -> None:
+        self.evals.write(json.dumps(record) + "\n")
+        self.evals.flush()
+        self.writer.add_scalar("eval/success_rate", record["success_rate"], record["env_steps"])
+
+    def close(self) -> None:
+        self.train.close()
+        self.evals.close()
+        self.writer.close()
+
+
+class Evaluator:
+    """Seeded evaluation on a vector env that is spawned once and reused (starting 10 Meta-World
+    processes takes tens of seconds on 2 cores)."""
+
+    def __init__(self, env: str, episodes: int, n_envs: int, seed_start: int, max_episode_steps: int, log: RunLog, state: dict) -> None:
+        self.env, self.episodes, self.n_envs, self.seed_start, self.max_steps = env, episodes, n_envs, seed_start, max_episode_steps
+        self.log, self.state = log, state
+        self.envs = None
+
+    def __call__(self, policy: Policy, label: str) -> float:
+        from tqdm import tqdm
+
+        t0 = time.perf_counter()
+        if self.envs is None:
+            self.envs = make_eval_envs(self.env, min(self.n_envs, self.episodes), self.max_steps)
+        result = evaluate(policy, self.env, self.episodes, seed_start=self.seed_start, max_episode_steps=self.max_steps, progress=False, envs=self.envs)
+        self.state["eval_wall_s"] += time.perf_counter() - t0
+        self.log.eval_point({
+            "env_steps": self.state["env_steps"], "policy": label, "success_rate": result.success_rate, "ci95": list(result.ci95),
+            "n_episodes": result.n_episodes, "seed_start": self.seed_start, "max_episode_steps": self.max_steps,
+            "success_definition": result.success_definition, "wall_s": self.state["wall_s"],
+        })
+        tqdm.write(f"env step {self.state['env_steps']}: {label} {result.summary()}")
+        return result.success_rate
+
+    def close(self) -> None:
+        if self.envs is not None:
+            self.envs.close()
+
+
+class Cadence:
+    """Fires once each time env steps cross a multiple of `every` (0: never)."""
+
+    def __init__(self, every: int, env_steps: int) -> None:
+        self.every = every
+        self.next = (env_steps // every + 1) * every if every else float("inf")
+
+    def due(self, env_steps: int) -> bool:
+        if env_steps < self.next:
+            return False
+        self.next = (env_steps // self.every + 1) * self.every
+        return True
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------
+
+
+def save_checkpoint(run_dir: Path, policy: Policy, nets: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                    buffers: dict[str, ReplayBuffer], state: dict[str, Any], rng: np.random.Generator) -> Path:
+    """checkpoints/step_<env steps>/: the policy (loadable by eval.py) + train_state/ to resume.
+
+    Replay buffers are large, so only the newest checkpoint keeps its train_state/.
+    """
+
+    def write(tmp: Path) -> None:
+        policy.save_pretrained(tmp)
+        state_dir = tmp / "train_state"
+        atomic_save_safetensors(state_dir / "nets.safetensors", {f"{name}/{k}": v for name, net in nets.items() for k, v in net.state_dict().items()})
+        skeletons = {}
+        for name, opt in optimizers.items():
+            tensors, skeletons[name] = optimizer_state_to_safetensors(opt.state_dict())
+            atomic_save_safetensors(state_dir / f"optimizer_{name}.safetensors", tensors)
+        for name, buffer in buffers.items():
+            buffer.save(state_dir / f"replay_{name}.safetensors")
+        numpy_rng = save_rng_states(state_dir / "rng.safetensors", rng)
+        atomic_write_json(state_dir / "state.json", {**state, "optimizers": skeletons, "numpy_rng": numpy_rng})
+
+    ckpt = commit_checkpoint(run_dir / "checkpoints", f"step_{state['env_steps']:09d}", write)
+    for older in (run_dir / "checkpoints").glob("step_*"):
+        if older != ckpt:
+            shutil.rmtree(older / "train_state", ignore_errors=True)
+    return ckpt
+
+
+def load_checkpoint(ckpt: Path, policy: Policy, nets: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                    buffers: dict[str, ReplayBuffer], rng: np.random.Generator, state_keys: tuple[str, ...]) -> dict[str, Any]:
+    """Restore what `save_checkpoint` wrote into the given objects; returns the counters in `state_keys`."""
+    state_dir = ckpt / "train_state"
+    if not state_dir.is_dir():
+        raise CheckpointError(f"{ckpt} has no train_state/ (only the newest checkpoint of a run can be resumed)")
+    saved = type(policy).from_pretrained(ckpt)  # checks the base fingerprint
+    if saved.config != policy.config:
+        raise CheckpointError(f"{ckpt}: policy config differs from this run's")
+    policy.load_state_dict(saved.state_dict())
+    tensors = load_safetensors(state_dir / "nets.safetensors")
+    for name, net in nets.items():
+        own = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == name}
+        load_state_dict_strict(net, own, f"{state_dir / 'nets.safetensors'}[{name}]")
+    state = read_json(state_dir / "state.json")
+    for name, opt in optimizers.items():
+        opt.load_state_dict(optimizer_state_from_safetensors(load_safetensors(state_dir / f"optimizer_{name}.safetensors"), state["optimizers"][name]))
+    for name, buffer in buffers.items():
+        buffer.load(state_dir / f"replay_{name}.safetensors")
+    load_rng_states(state_dir / "rng.safetensors", rng, state["numpy_rng"])
+    return {k: state[k] for k in state_keys}

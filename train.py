@@ -6,6 +6,7 @@
     python train.py default --steps 3000 --policy.down-dims 128 256 512 --dataset demos/push.zarr
     python train.py default --run-dir runs/x --resume # continue an interrupted run exactly
     python train.py dsrl --base runs/x --env metaworld/push-v3   # DSRL finetuning of a trained DP (rl/dsrl.py)
+    python train.py residual --algo offpolicy --base runs/x --env metaworld/push-v3   # residual RL (rl/residual_*.py)
 
 Run directory:
     train_config.json         every hyperparameter of the run
@@ -346,12 +347,30 @@ def run_eval(cfg: TrainConfig, policy: Policy, n_episodes: int, video_dir: Path 
     )
 
 
+def residual_main(args: list[str]) -> dict:
+    algo, rest = "offpolicy", list(args)
+    for i, arg in enumerate(rest):
+        if arg == "--algo" or arg.startswith("--algo="):
+            algo = arg.split("=", 1)[1] if "=" in arg else (rest[i + 1] if i + 1 < len(rest) else "")
+            del rest[i : i + (1 if "=" in arg else 2)]
+            break
+    if algo == "offpolicy":
+        from rl.residual_offpolicy import main as run
+    elif algo == "ppo":
+        from rl.residual_ppo import main as run
+    else:
+        raise SystemExit(f"error: --algo must be offpolicy or ppo, got {algo!r}")
+    return run(rest)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "dsrl":  # RL finetuning of a trained policy: python train.py dsrl --base <ckpt> --env ...
         from rl.dsrl import main as dsrl_main
 
         return dsrl_main(args[1:])
+    if args and args[0] == "residual":  # python train.py residual --algo {offpolicy,ppo} --base <ckpt> --env ...
+        return residual_main(args[1:])
     cfg = tyro.extras.overridable_config_cli(PRESETS, args=argv) if argv or len(sys.argv) > 1 else PRESETS["default"][1]
     try:
         return train(cfg)

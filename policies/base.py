@@ -130,7 +130,7 @@ class Policy(nn.Module):
         for name in sorted(tensors):
             t = tensors[name].detach().cpu().contiguous()
             digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         digest.update(json.dumps(self.normalizer.modes_dict(), sort_keys=True).encode())
         return digest.hexdigest()
 

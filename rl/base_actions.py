@@ -36,19 +36,20 @@ class BaseActionQueues:
         return {k: torch.stack([torch.stack([o[k] for o in self.history[i]]) for i in ids]) for k in self.keys}
 
     @torch.no_grad()
-    def step(self, obs: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Observe the current step of every env; return (base actions (N, A) in env units, features (N, F)).
+    def step(self, obs: dict[str, np.ndarray], ids: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Observe the current step of the envs `ids` (default: all; obs rows in that order).
 
-        Features: the base's normalized observation window, flattened (what the residual sees).
+        Returns (base actions (N, A) in env units, features (N, F)). Features: the base's normalized
+        observation window, flattened (what the residual sees).
         """
-        n = len(self.queues)
-        for i in range(n):
-            current = {k: torch.as_tensor(obs[k][i], dtype=torch.float32) for k in self.keys}
+        ids = list(range(len(self.queues))) if ids is None else ids
+        for row, i in enumerate(ids):
+            current = {k: torch.as_tensor(obs[k][row], dtype=torch.float32) for k in self.keys}
             self.history[i].extend([current] * (self.history[i].maxlen if not self.history[i] else 1))
-        need = [i for i in range(n) if not self.queues[i]]
+        need = [i for i in ids if not self.queues[i]]
         if need:
             chunk = self.base.predict_action_chunk(self.windows(need))
             for row, i in enumerate(need):
                 self.queues[i].extend(chunk[row, self.first : self.first + self.n_action_steps].unbind(0))
-        actions = torch.stack([q.popleft() for q in self.queues])
-        return actions, self.base.state_features(self.windows(list(range(n))))
+        actions = torch.stack([self.queues[i].popleft() for i in ids])
+        return actions, self.base.state_features(self.windows(ids))

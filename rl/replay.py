@@ -58,3 +58,41 @@ class ReplayBuffer:
                 raise CheckpointError(f"{path}: replay field {k!r} has shape {tuple(tensors[k].shape)}, expected ({size}, *{shape})")
             self.arrays[k][:size] = tensors[k].numpy()
         self.size, self.next = size, next_row
+
+
+class NStepAccumulator:
+    """Turns per-env streams of 1-step transitions into n-step ones.
+
+    `push(env, row, reward, terminated, done)` takes the transition of one env step: `row` holds the
+    fields of the start state and action plus `next_*` fields of the state reached. It returns the
+    n-step transitions completed by this step, each with
+        reward   = sum_{k<m} gamma^k r_{t+k}       (m = n, or fewer when the episode ended first)
+        discount = gamma^m, or 0 when the episode terminated within those m steps
+    and the `next_*` fields of the state m steps later. A truncated episode keeps its bootstrap.
+    """
+
+    def __init__(self, n: int, gamma: float, n_envs: int) -> None:
+        if n < 1:
+            raise ValueError(f"n_step must be >= 1, got {n}")
+        self.n, self.gamma = n, gamma
+        self.pending: list[list[tuple[dict, float]]] = [[] for _ in range(n_envs)]
+
+    def push(self, env: int, row: dict, reward: float, terminated: bool, done: bool) -> list[dict]:
+        pending = self.pending[env]
+        pending.append((row, float(reward)))
+        out = []
+        if len(pending) == self.n or done:
+            next_fields = {k: v for k, v in row.items() if k.startswith("next_")}
+            while pending and (len(pending) == self.n or done):
+                ret = sum(self.gamma**k * r for k, (_, r) in enumerate(pending))
+                discount = 0.0 if terminated else self.gamma ** len(pending)
+                start = {k: v for k, v in pending[0][0].items() if not k.startswith("next_")}
+                out.append({**start, **next_fields, "reward": ret, "discount": discount})
+                pending.pop(0)
+                if not done:
+                    break
+        return out
+
+    def clear(self) -> None:
+        for pending in self.pending:
+            pending.clear()

@@ -28,3 +28,19 @@ def tiny_dp_checkpoint(tmp_path_factory, push_demos) -> Path:
     run_dir = tmp_path_factory.mktemp("tiny_dp") / "run"
     train.main(["tiny", "--env", "metaworld/push-v3", "--run-dir", str(run_dir), "--dataset", str(push_demos), "--steps", "2", "--eval-episodes", "0"])
     return (run_dir / "checkpoints" / "last").resolve()
+
+
+@pytest.fixture(scope="session")
+def mismatched_dp_checkpoint(tmp_path_factory) -> Path:
+    """A Diffusion Policy checkpoint for 20-D states: it fits no Meta-World task (39-D)."""
+    import numpy as np
+
+    from data.normalize import Normalizer
+    from policies import DiffusionConfig, DiffusionPolicy
+
+    cfg = DiffusionConfig(state_dims=(20,), action_dim=4, down_dims=(16, 32), n_groups=4, diffusion_step_embed_dim=16, horizon=8, n_action_steps=4, num_inference_steps=3)
+    rng = np.random.default_rng(0)
+    normalizer = Normalizer.fit({"state": rng.normal(size=(50, 20)), "action": rng.uniform(-1, 1, (50, 4))}, cfg.normalization_modes())
+    path = tmp_path_factory.mktemp("mismatched") / "base"
+    DiffusionPolicy(cfg, normalizer).save_pretrained(path)
+    return path

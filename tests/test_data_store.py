@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import zarr
 
-from data.store import SCHEMA_VERSION, EpisodeStore, KeySpec, StoreError, write_store_atomically
+from data.store import (
+    SCHEMA_VERSION,
+    EpisodeStore,
+    KeySpec,
+    StoreError,
+    write_store_atomically,
+)
 
 ATTRS = dict(env_id="reach-v3", fps=80.0, source="metaworld scripted expert")
 LENGTHS = (5, 3, 7)

@@ -13,10 +13,9 @@ import torch
 
 import train
 from core.io import CheckpointError, atomic_save_safetensors, load_safetensors
-from data.normalize import Normalizer
 from data.store import EpisodeStore
 from envs.metaworld import MetaWorldEnv
-from policies import DiffusionConfig, DiffusionPolicy, Policy, SteeredPolicy
+from policies import DiffusionPolicy, Policy, SteeredPolicy
 from policies.steered.config import for_base
 from policies.steered.policy import NoiseActor
 from rl.chunk_env import ChunkedEnv
@@ -178,13 +177,9 @@ def test_base_must_be_a_diffusion_policy(tmp_path, push_demos):
     assert not (tmp_path / "rl").exists()  # refused before any rollout or run dir
 
 
-def test_base_that_does_not_fit_the_env_fails_before_rollouts(tmp_path):
-    cfg = DiffusionConfig(state_dims=(20,), action_dim=4, down_dims=(16, 32), n_groups=4, diffusion_step_embed_dim=16, horizon=8, n_action_steps=4, num_inference_steps=3)
-    rng = np.random.default_rng(0)
-    normalizer = Normalizer.fit({"state": rng.normal(size=(50, 20)), "action": rng.uniform(-1, 1, (50, 4))}, cfg.normalization_modes())
-    DiffusionPolicy(cfg, normalizer).save_pretrained(tmp_path / "base")
+def test_base_that_does_not_fit_the_env_fails_before_rollouts(tmp_path, mismatched_dp_checkpoint):
     with pytest.raises(SystemExit, match=r"observation 'state' has shape \(39,\) in metaworld/push-v3, the policy expects \(20,\)"):
-        dsrl(tmp_path / "rl", tmp_path / "base", "--total-env-steps", "32")
+        dsrl(tmp_path / "rl", mismatched_dp_checkpoint, "--total-env-steps", "32")
     assert not (tmp_path / "rl").exists()
 
 
@@ -194,7 +189,7 @@ def test_steered_checkpoint_refuses_a_different_base(tmp_path, tiny_dp_checkpoin
     assert isinstance(Policy.from_pretrained(tmp_path / "steered"), SteeredPolicy)
     weights_path = tmp_path / "steered" / "base" / "model.safetensors"
     weights = load_safetensors(weights_path)
-    name = next(iter(weights))
+    name = next(k for k, v in weights.items() if v.is_floating_point())
     weights[name] = weights[name] + 1e-3
     atomic_save_safetensors(weights_path, weights)
     with pytest.raises(CheckpointError, match="does not match .* trained on a different base"):

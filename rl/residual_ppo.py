@@ -1,0 +1,294 @@
+"""On-policy residual RL (following ResiP): PPO over the per-step correction of a frozen chunked policy.
+
+    python train.py residual --algo ppo --base runs/x --env metaworld/sweep-into-v3
+
+Same residual policy as rl/residual_offpolicy.py (zero-initialised last layer, delta = residual_scale *
+tanh(.) in normalized action units, sum clipped to the action bounds). Exploration: a Gaussian around
+that mean with a fixed or learned state-independent std; the executed correction is clipped to the
+residual bound. Vector envs, GAE, clipped surrogate, value function on (observation window, base action);
+truncated episodes bootstrap from the value of their final state. Kept for comparison: the ResFiT paper
+reports off-policy needing about 200x fewer env steps.
+
+Checkpoints are written after a whole PPO iteration (rollout + update), so a resumed run starts a
+fresh rollout from the saved networks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tyro
+from tqdm import tqdm
+
+from core.checkpoint import last_checkpoint, prepare_run_dir
+from core.io import CheckpointError, config_to_dict
+from envs.make import make_env, make_vector_env, split_env_name
+from policies.mlp import mlp
+from policies.residual.config import for_base
+from policies.residual.policy import ResidualPolicy
+from rl.base_actions import BaseActionQueues
+from rl.chunk_env import check_policy_matches_env
+from rl.common import (
+    Cadence,
+    EpisodeSeeds,
+    Evaluator,
+    RunLog,
+    adam,
+    load_base,
+    load_checkpoint,
+    reset_finished,
+    save_checkpoint,
+)
+
+
+@dataclass(frozen=True)
+class ResidualPPOConfig:
+    base: Path
+    """Checkpoint dir of the frozen base (Diffusion Policy or VQ-BeT), or its run dir."""
+    env: str
+    """Environment as <suite>/<task>."""
+    total_env_steps: int = 200_000
+    """Budget in env steps."""
+    n_envs: int = 8
+    """Parallel envs (spawned subprocesses)."""
+    rollout_steps: int = 128
+    """Steps per env per PPO iteration (n_envs x rollout_steps samples)."""
+    max_episode_steps: int = 100
+    """Step limit of training and evaluation episodes."""
+    residual_scale: float = 0.1
+    """Largest correction per dimension, in normalized action units."""
+    hidden_dim: int = 256
+    """Width of the residual actor and the value MLP."""
+    n_layers: int = 2
+    """Hidden layers of the residual actor and the value MLP."""
+    init_std: float = 0.05
+    """Initial exploration std of the correction, normalized action units."""
+    learn_std: bool = True
+    """Learn a state-independent log-std (else keep init_std fixed)."""
+    gamma: float = 0.99
+    """Discount per env step."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    update_epochs: int = 4
+    """Passes over each rollout."""
+    n_minibatches: int = 8
+    """Minibatches per pass."""
+    clip_coef: float = 0.2
+    """PPO ratio clip."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    ent_coef: float = 0.0
+    """Entropy bonus weight."""
+    max_grad_norm: float = 0.5
+    """Gradient norm clip."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    eval_every: int = 20_000
+    """Env steps between evaluations (0: only at the end)."""
+    eval_episodes: int = 50
+    """Seeded episodes per evaluation."""
+    eval_n_envs: int = 10
+    """Parallel envs during evaluation."""
+    eval_seed_start: int = 100_000
+    """Evaluation episode i uses seed eval_seed_start + i."""
+    eval_base: bool = True
+    """Evaluate the base alone at env step 0, the curve's starting point."""
+    save_every: int = 20_000
+    """Env steps between checkpoints (taken at the end of the PPO iteration that crosses them; the end is always saved)."""
+    seed: int = 0
+    """Seeds networks, exploration and the training episodes' initial states."""
+    run_dir: Path | None = None
+    """Default: runs/residual-ppo-<task>-seed<seed>. Never overwritten: use --resume."""
+    resume: bool = False
+    """Continue the run in --run-dir from its last checkpoint."""
+    num_threads: int | None = None
+    """torch CPU threads (default: torch's choice)."""
+
+    def __post_init__(self) -> None:
+        split_env_name(self.env)
+        for name in ("total_env_steps", "n_envs", "rollout_steps", "update_epochs", "n_minibatches", "max_episode_steps", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.init_std <= 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir or Path("runs") / f"residual-ppo-{split_env_name(self.env)[1]}-seed{self.seed}"
+
+
+RESUMABLE_CHANGES = {"resume", "total_env_steps", "eval_every", "eval_episodes", "eval_n_envs", "eval_base", "save_every", "num_threads"}
+
+
+class ValueAndStd(torch.nn.Module):
+    """The PPO-only parts: value function V(s, a_base) and the exploration log-std."""
+
+    def __init__(self, in_dim: int, action_dim: int, hidden_dim: int, n_layers: int, init_std: float, learn_std: bool) -> None:
+        super().__init__()
+        self.value = mlp(in_dim, 1, hidden_dim, n_layers, layer_norm=True, activation="tanh")
+        self.log_std = torch.nn.Parameter(torch.full((action_dim,), math.log(init_std)), requires_grad=learn_std)
+
+    def v(self, features: torch.Tensor, base_norm: torch.Tensor) -> torch.Tensor:
+        return self.value(torch.cat([features, base_norm], dim=-1)).squeeze(-1)
+
+
+def train(cfg: ResidualPPOConfig) -> dict:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    base = load_base(cfg.base)
+    check_policy_matches_env(base.config, cfg.env, f"base {cfg.base}")
+    base.check_ready()
+    run_dir = cfg.resolved_run_dir()
+    prepare_run_dir(run_dir, config_to_dict(cfg), cfg.resume, RESUMABLE_CHANGES)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    probe = make_env(cfg.env)
+    low, high = probe.action_space.low, probe.action_space.high
+    probe.close()
+    policy = ResidualPolicy(for_base(base, low, high, residual_scale=cfg.residual_scale, hidden_dim=cfg.hidden_dim, n_layers=cfg.n_layers), base)
+    pc = policy.config
+    obs_dim, act_dim, scale = pc.obs_feature_dim, pc.action_dim, cfg.residual_scale
+    normalize = lambda a: policy.normalizer.normalize(pc.action_key, a)  # noqa: E731
+    extra = ValueAndStd(obs_dim + act_dim, act_dim, cfg.hidden_dim, cfg.n_layers, cfg.init_std, cfg.learn_std)
+    params = [*policy.residual.parameters(), *(p for p in extra.parameters() if p.requires_grad)]
+    optimizer = adam(params, cfg.lr)
+    nets, optimizers = {"value_and_std": extra}, {"ppo": optimizer}
+
+    state = {"env_steps": 0, "iterations": 0, "episodes": 0, "successes": 0, "wall_s": 0.0, "eval_wall_s": 0.0}
+    ckpt = last_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, policy, nets, optimizers, {}, rng, tuple(state))
+        print(f"resumed from {ckpt} at env step {state['env_steps']}")
+    log = RunLog(run_dir, cfg.resume, state["env_steps"])
+    evaluate_now = Evaluator(cfg.env, cfg.eval_episodes, cfg.eval_n_envs, cfg.eval_seed_start, cfg.max_episode_steps, log, state)
+
+    t_start = time.perf_counter() - state["wall_s"]
+    if state["env_steps"] == 0 and cfg.eval_base and cfg.eval_episodes:
+        evaluate_now(base, "base")
+
+    envs = make_vector_env(cfg.env, cfg.n_envs, max_episode_steps=cfg.max_episode_steps, terminate_on_success=True)
+    seeds = EpisodeSeeds(cfg.seed, state)
+    queues = BaseActionQueues(base, cfg.n_envs)
+    obs, _ = envs.reset(seed=seeds.take(cfg.n_envs))
+    base_action, features = queues.step(obs)
+    episode_return = np.zeros(cfg.n_envs)
+    T, N = cfg.rollout_steps, cfg.n_envs
+    eval_due, save_due = Cadence(cfg.eval_every, state["env_steps"]), Cadence(cfg.save_every, state["env_steps"])
+    bar = tqdm(total=cfg.total_env_steps, initial=state["env_steps"], desc="residual-ppo", unit="step", dynamic_ncols=True)
+    try:
+        while state["env_steps"] < cfg.total_env_steps:
+            buf = {"obs": torch.zeros(T, N, obs_dim), "base": torch.zeros(T, N, act_dim), "raw": torch.zeros(T, N, act_dim),
+                   "log_prob": torch.zeros(T, N), "value": torch.zeros(T, N), "reward": torch.zeros(T, N), "terminal": torch.zeros(T, N)}
+            episodes = successes = 0
+            for t in range(T):
+                with torch.no_grad():
+                    base_norm = normalize(base_action)
+                    mean = policy.correction(features, base_norm)
+                    dist = torch.distributions.Normal(mean, extra.log_std.exp())
+                    raw = dist.sample()
+                    action = policy.combine(base_norm, raw.clamp(-scale, scale))
+                    buf["value"][t] = extra.v(features, base_norm)
+                buf["obs"][t], buf["base"][t], buf["raw"][t], buf["log_prob"][t] = features, base_norm, raw, dist.log_prob(raw).sum(-1)
+                next_obs, _, terminated, truncated, info = envs.step(action.numpy())
+                reward = torch.as_tensor(np.asarray(info["success"], dtype=np.float32))
+                done = terminated | truncated
+                next_base_action, next_features = queues.step(next_obs)
+                if truncated.any():  # a time limit is not a terminal state: bootstrap from the final state's value
+                    with torch.no_grad():
+                        v_final = extra.v(next_features, normalize(next_base_action))
+                    reward = reward + cfg.gamma * v_final * torch.as_tensor(truncated & ~terminated, dtype=torch.float32)
+                buf["reward"][t], buf["terminal"][t] = reward, torch.as_tensor(done, dtype=torch.float32)
+                episode_return += np.asarray(info["success"], dtype=np.float32)
+                if done.any():
+                    episodes += int(done.sum())
+                    successes += int((episode_return[done] > 0).sum())
+                    episode_return[done] = 0.0
+                    next_obs = reset_finished(envs, next_obs, done, seeds)
+                    queues.reset(done)
+                    fresh_action, fresh_features = queues.step({k: v[done] for k, v in next_obs.items()}, ids=np.flatnonzero(done).tolist())
+                    next_base_action[done], next_features[done] = fresh_action, fresh_features
+                base_action, features = next_base_action, next_features
+                state["env_steps"] += N
+                bar.update(N)
+            state["successes"] += successes
+
+            # GAE over the rollout, bootstrapping from the value of the state after it.
+            with torch.no_grad():
+                next_value = extra.v(features, normalize(base_action))
+            advantages = torch.zeros(T, N)
+            last = torch.zeros(N)
+            for t in reversed(range(T)):
+                value_after = next_value if t == T - 1 else buf["value"][t + 1]
+                nonterminal = 1.0 - buf["terminal"][t]
+                delta = buf["reward"][t] + cfg.gamma * value_after * nonterminal - buf["value"][t]
+                last = delta + cfg.gamma * cfg.gae_lambda * nonterminal * last
+                advantages[t] = last
+            returns = advantages + buf["value"]
+            flat = {k: v.reshape(T * N, *v.shape[2:]) for k, v in buf.items()}
+            flat_adv, flat_ret = advantages.reshape(-1), returns.reshape(-1)
+
+            minibatch = T * N // cfg.n_minibatches
+            clip_fracs, approx_kl = [], 0.0
+            for _ in range(cfg.update_epochs):
+                order = torch.from_numpy(rng.permutation(T * N))
+                for start in range(0, T * N, minibatch):
+                    idx = order[start : start + minibatch]
+                    mean = policy.correction(flat["obs"][idx], flat["base"][idx])
+                    dist = torch.distributions.Normal(mean, extra.log_std.exp())
+                    log_prob = dist.log_prob(flat["raw"][idx]).sum(-1)
+                    log_ratio = log_prob - flat["log_prob"][idx]
+                    ratio = log_ratio.exp()
+                    adv = flat_adv[idx]
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                    policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+                    value_loss = 0.5 * F.mse_loss(extra.v(flat["obs"][idx], flat["base"][idx]), flat_ret[idx])
+                    entropy = dist.entropy().sum(-1).mean()
+                    loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
+                    with torch.no_grad():
+                        approx_kl = ((ratio - 1) - log_ratio).mean().item()
+                        clip_fracs.append(((ratio - 1).abs() > cfg.clip_coef).float().mean().item())
+            state["iterations"] += 1
+            state["wall_s"] = time.perf_counter() - t_start
+            scalars = {"train/policy_loss": policy_loss.item(), "train/value_loss": value_loss.item(), "train/entropy": entropy.item(),
+                       "train/approx_kl": approx_kl, "train/clip_frac": float(np.mean(clip_fracs)), "train/std_mean": extra.log_std.exp().mean().item(),
+                       "rollout/steps_per_s": state["env_steps"] / max(state["wall_s"] - state["eval_wall_s"], 1e-9)}
+            if episodes:
+                scalars |= {"rollout/success_rate": successes / episodes, "rollout/episodes": episodes}
+                bar.set_postfix(rollout_success=f"{successes / episodes:.2f}")
+            log.scalars(state["env_steps"], state["wall_s"], scalars)
+            finished = state["env_steps"] >= cfg.total_env_steps
+            if eval_due.due(state["env_steps"]) and not finished:
+                evaluate_now(policy, "residual-ppo")
+            if save_due.due(state["env_steps"]) or finished:
+                save_checkpoint(run_dir, policy, nets, optimizers, {}, state, rng)
+        summary = {"run_dir": str(run_dir), "checkpoint": str(last_checkpoint(run_dir)), "env_steps": state["env_steps"], "wall_s": state["wall_s"]}
+        if cfg.eval_episodes:
+            summary["success_rate"] = evaluate_now(policy, "residual-ppo")
+    finally:
+        bar.close()
+        envs.close()
+        evaluate_now.close()
+        log.close()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = tyro.cli(ResidualPPOConfig, args=argv, prog="train.py residual --algo ppo")
+    try:
+        return train(cfg)
+    except (CheckpointError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -111,8 +111,11 @@ class DSRLConfig:
     """Act with the base's own Gaussian noise (clipped to the bound) and do no updates until this many env steps."""
     target_entropy: float = 0.0
     """Target of the automatic entropy tuning, in nats over the whole latent."""
-    init_alpha: float = 1.0
-    """Initial entropy temperature; with target_entropy 0 it decays as training proceeds (the reference's SB3 'auto')."""
+    init_alpha: float = 0.1
+    """Initial entropy temperature; with target_entropy 0 it decays as training proceeds. (The reference's SB3
+    'auto' starts at 1.0; with 0/1 rewards and ~64 nats of entropy that buries the reward in the Q targets.)"""
+    deterministic: bool = False
+    """Act with the actor's mean latent at evaluation and deployment instead of sampling it (see SteeredConfig)."""
     log_std_init: float = 0.0
     """Initial log-std of the actor's pre-tanh Gaussian: 0 starts at the base's own N(0, 1) noise scale."""
     replay_capacity: int = 1_000_000
@@ -179,7 +182,7 @@ def train(cfg: DSRLConfig) -> dict:
 
     policy = SteeredPolicy(
         for_base(base.config, base.fingerprint(), noise_magnitude=cfg.noise_magnitude, hidden_dim=cfg.hidden_dim,
-                 n_layers=cfg.n_layers, layer_norm=cfg.layer_norm, activation=cfg.activation),
+                 n_layers=cfg.n_layers, layer_norm=cfg.layer_norm, activation=cfg.activation, deterministic=cfg.deterministic),
         base,
     )
     policy.actor.init_log_std(cfg.log_std_init)

@@ -112,9 +112,11 @@ def test_identical_noise_gives_identical_chunk(tiny_dp_checkpoint):
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
     steered = SteeredPolicy(for_base(base.config, base.fingerprint(), hidden_dim=16, n_layers=1), base)
-    assert torch.equal(steered.predict_action_chunk(obs), steered.predict_action_chunk(obs))  # deterministic actor
     eps = torch.randn(base.noise_shape(3))
     assert torch.equal(steered.predict_action_chunk(obs, noise=eps), steered.predict_action_chunk(obs, noise=eps))
+    assert not torch.equal(steered.predict_action_chunk(obs), steered.predict_action_chunk(obs))  # samples its actor by default
+    mean_only = SteeredPolicy(for_base(base.config, base.fingerprint(), hidden_dim=16, n_layers=1, deterministic=True), base)
+    assert torch.equal(mean_only.predict_action_chunk(obs), mean_only.predict_action_chunk(obs))
 
 
 # ---- training ------------------------------------------------------------------------------------

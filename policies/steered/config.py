@@ -33,6 +33,10 @@ class SteeredConfig(PolicyIOConfig):
     """Lower bound of the actor's Gaussian log-std (pre-tanh)."""
     log_std_max: float = 2.0
     """Upper bound of the actor's Gaussian log-std (pre-tanh)."""
+    deterministic: bool = False
+    """Use the actor's mean latent at inference instead of sampling it. Off by default: the mean of a wide
+    tanh-Gaussian is an atypically small latent (norm 3-4 against 7-8 for N(0, I) in 64-D), which DDIM
+    decodes into poor chunks; sampling mirrors how the base itself draws its noise."""
     base_fingerprint: str = ""
     """`Policy.fingerprint()` of the base this actor was trained on; loading checks it."""
 

@@ -89,15 +89,16 @@ class SteeredPolicy(Policy):
         return self
 
     def latent(self, obs: dict[str, torch.Tensor], eps: torch.Tensor | None = None) -> torch.Tensor:
-        """The actor's latent for an observation window: its mean, or a sample when `eps` is given."""
+        """The actor's latent for an observation window: sampled with `eps` (drawn when None), or its mean
+        when the config says `deterministic` and no `eps` is given."""
         features = self.state_features(obs)
         if eps is not None:
             eps = eps.reshape(features.shape[0], -1)
-        return self.actor(features, eps=eps, deterministic=eps is None)[0]
+        return self.actor(features, eps=eps, deterministic=eps is None and self.config.deterministic)[0]
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> torch.Tensor:
-        """`noise`: optional standard-normal draw (B, horizon, action_dim) for the actor; None = deterministic actor."""
+        """`noise`: the actor's standard-normal draw (B, horizon, action_dim); the same noise gives the same chunk."""
         latent = self.latent(obs, eps=noise)
         return self.base.predict_action_chunk(obs, noise=latent.view(self.base.noise_shape(latent.shape[0])))
 

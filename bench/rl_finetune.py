@@ -2,12 +2,14 @@
 
     python -m bench.rl_finetune --out bench/results/rl_finetune.json          # DSRL-NA, 3 seeds, 100k env steps
     python -m bench.rl_finetune --methods dsrl-na dsrl-sac --seeds 0 --total-env-steps 50000 --out /tmp/rl.json
+    python -m bench.rl_finetune --methods residual-offpolicy residual-ppo --out bench/results/rl_residual.json
+    python -m bench.rl_finetune --methods residual-offpolicy --base-policy vqbet --seeds 0 --out bench/results/rl_residual_vqbet.json
 
 Protocol:
 - Base: a state Diffusion Policy trained on 10 scripted demos for 600 steps with the `default` preset
   (the bench.metaworld_success recipe; built here when missing). On sweep-into-v3 it succeeds about 30%.
 - Each method runs `train.py <method args> --base <base>` with its defaults: 100-step episodes, sparse success
-  reward, terminate on success; evaluation of the deterministic policy every `eval_every` env steps on 50
+  reward, terminate on success; evaluation of the finetuned policy every `eval_every` env steps on 50
   seeded episodes (seeds 100000..100049, disjoint from the training seeds), 100-step limit, success =
   Meta-World info["success"] at any step. The first point of each curve is the unsteered base.
 - Curves: mean over seeds; the band is the Wilson 95% interval of the episodes pooled over seeds at that
@@ -31,10 +33,12 @@ from bench.common import print_table, write_results
 from core.io import atomic_write_bytes
 from envs.rollout import wilson_interval
 
-# Method name -> train.py arguments before the shared ones.
-METHODS: dict[str, list[str]] = {
-    "dsrl-na": ["dsrl", "--algo", "na"],
-    "dsrl-sac": ["dsrl", "--algo", "sac"],
+# Method name -> (train.py arguments before the shared ones, default env-step budget from its issue).
+METHODS: dict[str, tuple[list[str], int]] = {
+    "dsrl-na": (["dsrl", "--algo", "na"], 100_000),
+    "dsrl-sac": (["dsrl", "--algo", "sac"], 100_000),
+    "residual-offpolicy": (["residual", "--algo", "offpolicy"], 200_000),
+    "residual-ppo": (["residual", "--algo", "ppo"], 200_000),
 }
 
 
@@ -46,10 +50,12 @@ class Args:
     """Methods to run, from METHODS."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """RL seeds (the base is the same for all)."""
-    total_env_steps: int = 100_000
-    """Env-step budget per run."""
+    total_env_steps: int | None = None
+    """Env-step budget per run (default: the method's, 100k for DSRL and 200k for residual RL)."""
+    base_policy: str = "diffusion"
+    """Type of the default base: diffusion or vqbet (DSRL needs diffusion)."""
     base: Path | None = None
-    """Base checkpoint or run dir (default: bench_runs/<task>-diffusion-10demos-600steps-seed0, trained when missing)."""
+    """Base checkpoint or run dir (default: bench_runs/<task>-<base_policy>-10demos-600steps-seed0, trained when missing)."""
     runs: Path = Path("bench_runs/rl")
     """Where the RL run dirs go."""
     extra: tuple[str, ...] = ()
@@ -64,16 +70,19 @@ def ensure_base(args: Args) -> Path:
     from bench.metaworld_success import Args as SuccessArgs
     from bench.metaworld_success import run_task
 
-    row = run_task(SuccessArgs(n_demos=10, steps=600, episodes=50), "diffusion", args.task)
+    row = run_task(SuccessArgs(n_demos=10, steps=600, episodes=50), args.base_policy, args.task)
     return Path(row["run_dir"])
 
 
 def run_one(args: Args, base: Path, method: str, seed: int) -> Path:
-    run_dir = args.runs / f"{method}-{args.task}-seed{seed}"
-    if finished(run_dir, args.total_env_steps):
+    suffix = "" if args.base_policy == "diffusion" else f"-{args.base_policy}base"
+    run_dir = args.runs / f"{method}-{args.task}{suffix}-seed{seed}"
+    method_args, default_budget = METHODS[method]
+    budget = args.total_env_steps or default_budget
+    if finished(run_dir, budget):
         return run_dir
-    cmd = [sys.executable, "train.py", *METHODS[method], "--base", str(base), "--env", f"metaworld/{args.task}", "--seed", str(seed),
-           "--total-env-steps", str(args.total_env_steps), "--run-dir", str(run_dir), *args.extra]
+    cmd = [sys.executable, "train.py", *method_args, "--base", str(base), "--env", f"metaworld/{args.task}", "--seed", str(seed),
+           "--total-env-steps", str(budget), "--run-dir", str(run_dir), *args.extra]
     if (run_dir / "train_config.json").exists():
         cmd.append("--resume")
     print("running:", " ".join(cmd), flush=True)
@@ -163,8 +172,9 @@ def main() -> None:
     base = ensure_base(args)
     all_rows, aggregates, curves = [], [], {}
     for method in args.methods:
+        label = method if args.base_policy == "diffusion" else f"{method} ({args.base_policy} base)"
         runs = {seed: run_one(args, base, method, seed) for seed in args.seeds}
-        rows, aggregate, curves[method] = summarize(method, runs)
+        rows, aggregate, curves[label] = summarize(label, runs)
         all_rows += rows
         aggregates.append(aggregate)
     print_table(all_rows, ["method", "seed", "base_success", "final_success", "lift_points", "best_success", "env_steps", "wall_min"])
@@ -174,7 +184,7 @@ def main() -> None:
         plot(curves, args.task, aggregates[0]["base_success"], args.out.with_suffix(".png"))
     write_results(
         args.out, "rl_finetune",
-        f"metaworld/{args.task}; base {base}; {args.total_env_steps} env steps per run; eval: deterministic policy, 50 episodes "
+        f"metaworld/{args.task}; base {base}; env-step budgets {[args.total_env_steps or METHODS[m][1] for m in args.methods]}; eval: 50 episodes "
         "(seeds 100000+), 100-step limit, success = Meta-World info['success'] at any step; band = pooled Wilson 95% CI over seeds",
         all_rows, aggregates=aggregates, curves=curves, extra_args=list(args.extra),
     )

@@ -30,3 +30,11 @@ class PolicyIOConfig:
 
     def normalization_modes(self) -> dict[str, str]:
         return {k: self.state_norm for k in self.state_keys} | {self.action_key: self.action_norm}
+
+
+# Fields that a policy wrapping a frozen base (DSRL, residual) copies from the base's config.
+WRAPPED_BASE_FIELDS = ("state_keys", "state_dims", "action_key", "action_dim", "state_norm", "action_norm", "n_obs_steps", "horizon", "n_action_steps")
+
+
+def base_fields(base_config: object) -> dict:
+    return {f: getattr(base_config, f) for f in WRAPPED_BASE_FIELDS}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,64 @@ from core.io import (
     optimizer_state_to_safetensors,
     read_json,
 )
+from envs.make import split_env_name
 from envs.rollout import evaluate, make_eval_envs
 from policies.base import Policy, load_state_dict_strict
 from rl.replay import ReplayBuffer
+
+
+@dataclass(frozen=True)
+class RLRunConfig:
+    """Fields every RL finetuning run shares; each algorithm's config adds its own."""
+
+    base: Path
+    """Checkpoint dir of the frozen base policy, or its run dir (checkpoints/last is used)."""
+    env: str
+    """Environment as <suite>/<task>, e.g. metaworld/sweep-into-v3."""
+    total_env_steps: int = 100_000
+    """Budget in env steps (never decisions or chunks)."""
+    n_envs: int = 8
+    """Parallel training envs (spawned subprocesses)."""
+    max_episode_steps: int = 100
+    """Step limit of training and evaluation episodes."""
+    terminate_on_success: bool = True
+    """End a training episode at its first success (sparse reward 1 there); otherwise reward 1 at every success step."""
+    eval_every: int = 20_000
+    """Env steps between evaluations (0: only at the end)."""
+    eval_episodes: int = 50
+    """Seeded episodes per evaluation."""
+    eval_n_envs: int = 10
+    """Parallel envs during evaluation."""
+    eval_seed_start: int = 100_000
+    """Evaluation episode i uses seed eval_seed_start + i; training episodes use seeds from 1_000_000 * (seed + 1)."""
+    eval_base: bool = True
+    """Evaluate the base alone (with its own sampling noise) at env step 0, the curve's starting point."""
+    save_every: int = 20_000
+    """Env steps between checkpoints (the end is always saved)."""
+    seed: int = 0
+    """Seeds networks, exploration and the training episodes' initial states."""
+    run_dir: Path | None = None
+    """Default: runs/<method>-<task>-seed<seed>. Never overwritten: use --resume."""
+    resume: bool = False
+    """Continue the run in --run-dir from its last checkpoint (episodes in flight restart with new seeds)."""
+    num_threads: int | None = None
+    """torch CPU threads (default: torch's choice)."""
+
+    def __post_init__(self) -> None:
+        split_env_name(self.env)
+        for name in ("total_env_steps", "n_envs", "max_episode_steps", "save_every", "eval_n_envs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def method_name(self) -> str:
+        raise NotImplementedError
+
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir or Path("runs") / f"{self.method_name()}-{split_env_name(self.env)[1]}-seed{self.seed}"
+
+
+# Fields that may change on --resume without changing what a run computes.
+RESUMABLE_CHANGES = {"resume", "total_env_steps", "eval_every", "eval_episodes", "eval_n_envs", "eval_base", "save_every", "log_every", "num_threads"}
 
 # Training episode k of an RL run with seed s starts from env seed TRAIN_SEED_BASE * (s + 1) + k,
 # far from the evaluation seeds (100000+) and the demo seeds (0+).

@@ -36,7 +36,6 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -47,15 +46,16 @@ from tqdm import tqdm
 
 from core.checkpoint import last_checkpoint, prepare_run_dir
 from core.io import CheckpointError, config_to_dict
-from envs.make import split_env_name
 from policies.diffusion.policy import DiffusionPolicy
 from policies.steered.config import for_base
 from policies.steered.policy import SteeredPolicy
 from rl.chunk_env import check_policy_matches_env, make_chunked_vector_env, to_torch_obs
 from rl.common import (
+    RESUMABLE_CHANGES,
     Cadence,
     EpisodeSeeds,
     Evaluator,
+    RLRunConfig,
     RunLog,
     adam,
     load_base,
@@ -68,21 +68,9 @@ from rl.replay import ReplayBuffer
 
 
 @dataclass(frozen=True)
-class DSRLConfig:
-    base: Path
-    """Checkpoint dir of the frozen Diffusion Policy to steer (or a run dir: its checkpoints/last)."""
-    env: str
-    """Environment as <suite>/<task>, e.g. metaworld/sweep-into-v3."""
+class DSRLConfig(RLRunConfig):
     algo: Literal["na", "sac"] = "na"
     """na: DSRL-NA (noise-aliased critics, the paper's default); sac: DSRL-SAC (SAC directly in noise space)."""
-    total_env_steps: int = 100_000
-    """Budget in env steps (each decision executes up to n_action_steps of them)."""
-    n_envs: int = 8
-    """Parallel training envs (spawned subprocesses)."""
-    max_episode_steps: int = 100
-    """Step limit of training and evaluation episodes."""
-    terminate_on_success: bool = True
-    """End an episode at its first success (sparse reward 1 there). Otherwise reward 1 at every success step."""
     noise_magnitude: float = 1.5
     """Bound of the latent: the actor's tanh output is scaled to [-noise_magnitude, noise_magnitude]."""
     hidden_dim: int = 128
@@ -120,42 +108,23 @@ class DSRLConfig:
     """Initial log-std of the actor's pre-tanh Gaussian: 0 starts at the base's own N(0, 1) noise scale."""
     replay_capacity: int = 1_000_000
     """Transitions kept (FIFO)."""
-    eval_every: int = 20_000
-    """Env steps between evaluations of the deterministic steered policy (0: only at the end)."""
-    eval_episodes: int = 50
-    """Seeded episodes per evaluation."""
-    eval_n_envs: int = 10
-    """Parallel envs during evaluation."""
-    eval_seed_start: int = 100_000
-    """Evaluation episode i uses seed eval_seed_start + i; training episodes use seeds from 1_000_000 * (seed + 1)."""
-    eval_base: bool = True
-    """Evaluate the unsteered base (its own random noise) at env step 0, the curve's starting point."""
     save_every: int = 10_000
     """Env steps between checkpoints (the end is always saved)."""
     log_every: int = 2_000
     """Env steps between logged scalars."""
-    seed: int = 0
-    """Seeds networks, exploration and the training episodes' initial states."""
-    run_dir: Path | None = None
-    """Default: runs/dsrl-<algo>-<task>-seed<seed>. Never overwritten: use --resume."""
-    resume: bool = False
-    """Continue the run in --run-dir from its last checkpoint (episodes in flight restart with new seeds)."""
-    num_threads: int | None = None
-    """torch CPU threads (default: torch's choice)."""
 
     def __post_init__(self) -> None:
-        split_env_name(self.env)
+        super().__post_init__()
         if self.noise_magnitude <= 0:
             raise ValueError(f"noise_magnitude must be > 0, got {self.noise_magnitude}")
         for name in ("total_env_steps", "n_envs", "batch_size", "utd", "log_every", "save_every", "max_episode_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
-    def resolved_run_dir(self) -> Path:
-        return self.run_dir or Path("runs") / f"dsrl-{self.algo}-{split_env_name(self.env)[1]}-seed{self.seed}"
+    def method_name(self) -> str:
+        return f"dsrl-{self.algo}"
 
 
-RESUMABLE_CHANGES = {"resume", "total_env_steps", "eval_every", "eval_episodes", "eval_n_envs", "eval_base", "save_every", "log_every", "num_threads"}
 
 
 class EntropyTemperature(torch.nn.Module):
@@ -181,7 +150,7 @@ def train(cfg: DSRLConfig) -> dict:
     rng = np.random.default_rng(cfg.seed)
 
     policy = SteeredPolicy(
-        for_base(base.config, base.fingerprint(), noise_magnitude=cfg.noise_magnitude, hidden_dim=cfg.hidden_dim,
+        for_base(base, noise_magnitude=cfg.noise_magnitude, hidden_dim=cfg.hidden_dim,
                  n_layers=cfg.n_layers, layer_norm=cfg.layer_norm, activation=cfg.activation, deterministic=cfg.deterministic),
         base,
     )

@@ -36,15 +36,17 @@ from tqdm import tqdm
 from core.checkpoint import last_checkpoint, prepare_run_dir
 from core.io import CheckpointError, config_to_dict, read_json
 from data.store import EpisodeStore, StoreError
-from envs.make import make_env, make_vector_env, split_env_name
+from envs.make import make_env, make_vector_env
 from policies.residual.config import for_base
 from policies.residual.policy import ResidualPolicy
 from rl.base_actions import BaseActionQueues
 from rl.chunk_env import check_policy_matches_env
 from rl.common import (
+    RESUMABLE_CHANGES,
     Cadence,
     EpisodeSeeds,
     Evaluator,
+    RLRunConfig,
     RunLog,
     adam,
     load_base,
@@ -57,19 +59,11 @@ from rl.replay import NStepAccumulator, ReplayBuffer
 
 
 @dataclass(frozen=True)
-class ResidualOffPolicyConfig:
-    base: Path
-    """Checkpoint dir of the frozen base (Diffusion Policy or VQ-BeT), or its run dir."""
-    env: str
-    """Environment as <suite>/<task>."""
+class ResidualOffPolicyConfig(RLRunConfig):
     dataset: Path | None = None
     """Demos for the demo half of each batch (default: the dataset the base was trained on, from its run's train_config.json)."""
     total_env_steps: int = 200_000
     """Budget in env steps."""
-    n_envs: int = 8
-    """Parallel training envs (spawned subprocesses)."""
-    max_episode_steps: int = 100
-    """Step limit of training and evaluation episodes."""
     residual_scale: float = 0.1
     """Largest correction per dimension, in normalized action units."""
     hidden_dim: int = 256
@@ -112,31 +106,11 @@ class ResidualOffPolicyConfig:
     """Update only the critic until this many env steps."""
     replay_capacity: int = 1_000_000
     """Online transitions kept (FIFO)."""
-    eval_every: int = 20_000
-    """Env steps between evaluations of the residual policy (0: only at the end)."""
-    eval_episodes: int = 50
-    """Seeded episodes per evaluation."""
-    eval_n_envs: int = 10
-    """Parallel envs during evaluation."""
-    eval_seed_start: int = 100_000
-    """Evaluation episode i uses seed eval_seed_start + i."""
-    eval_base: bool = True
-    """Evaluate the base alone at env step 0, the curve's starting point."""
-    save_every: int = 20_000
-    """Env steps between checkpoints (the end is always saved)."""
     log_every: int = 2_000
     """Env steps between logged scalars."""
-    seed: int = 0
-    """Seeds networks, exploration and the training episodes' initial states."""
-    run_dir: Path | None = None
-    """Default: runs/residual-offpolicy-<task>-seed<seed>. Never overwritten: use --resume."""
-    resume: bool = False
-    """Continue the run in --run-dir from its last checkpoint (episodes in flight restart with new seeds)."""
-    num_threads: int | None = None
-    """torch CPU threads (default: torch's choice)."""
 
     def __post_init__(self) -> None:
-        split_env_name(self.env)
+        super().__post_init__()
         if not 0 < self.n_target_critics <= self.n_critics:
             raise ValueError(f"n_target_critics must be in [1, n_critics={self.n_critics}], got {self.n_target_critics}")
         if not 0.0 <= self.demo_fraction < 1.0:
@@ -145,11 +119,10 @@ class ResidualOffPolicyConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
-    def resolved_run_dir(self) -> Path:
-        return self.run_dir or Path("runs") / f"residual-offpolicy-{split_env_name(self.env)[1]}-seed{self.seed}"
+    def method_name(self) -> str:
+        return "residual-offpolicy"
 
 
-RESUMABLE_CHANGES = {"resume", "total_env_steps", "eval_every", "eval_episodes", "eval_n_envs", "eval_base", "save_every", "log_every", "num_threads"}
 
 
 def base_dataset(base_path: Path) -> Path:
@@ -294,7 +267,7 @@ def train(cfg: ResidualOffPolicyConfig) -> dict:
     if state["env_steps"] == 0 and cfg.eval_base and cfg.eval_episodes:
         evaluate_now(base, "base")
 
-    envs = make_vector_env(cfg.env, cfg.n_envs, max_episode_steps=cfg.max_episode_steps, terminate_on_success=True)
+    envs = make_vector_env(cfg.env, cfg.n_envs, max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success)
     seeds = EpisodeSeeds(cfg.seed, state)
     queues = BaseActionQueues(base, cfg.n_envs)
     accumulator = NStepAccumulator(cfg.n_step, cfg.gamma, cfg.n_envs)

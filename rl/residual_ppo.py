@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,16 +27,18 @@ from tqdm import tqdm
 
 from core.checkpoint import last_checkpoint, prepare_run_dir
 from core.io import CheckpointError, config_to_dict
-from envs.make import make_env, make_vector_env, split_env_name
+from envs.make import make_env, make_vector_env
 from policies.mlp import mlp
 from policies.residual.config import for_base
 from policies.residual.policy import ResidualPolicy
 from rl.base_actions import BaseActionQueues
 from rl.chunk_env import check_policy_matches_env
 from rl.common import (
+    RESUMABLE_CHANGES,
     Cadence,
     EpisodeSeeds,
     Evaluator,
+    RLRunConfig,
     RunLog,
     adam,
     load_base,
@@ -48,19 +49,11 @@ from rl.common import (
 
 
 @dataclass(frozen=True)
-class ResidualPPOConfig:
-    base: Path
-    """Checkpoint dir of the frozen base (Diffusion Policy or VQ-BeT), or its run dir."""
-    env: str
-    """Environment as <suite>/<task>."""
+class ResidualPPOConfig(RLRunConfig):
     total_env_steps: int = 200_000
     """Budget in env steps."""
-    n_envs: int = 8
-    """Parallel envs (spawned subprocesses)."""
     rollout_steps: int = 128
     """Steps per env per PPO iteration (n_envs x rollout_steps samples)."""
-    max_episode_steps: int = 100
-    """Step limit of training and evaluation episodes."""
     residual_scale: float = 0.1
     """Largest correction per dimension, in normalized action units."""
     hidden_dim: int = 256
@@ -89,40 +82,19 @@ class ResidualPPOConfig:
     """Gradient norm clip."""
     lr: float = 3e-4
     """Adam learning rate."""
-    eval_every: int = 20_000
-    """Env steps between evaluations (0: only at the end)."""
-    eval_episodes: int = 50
-    """Seeded episodes per evaluation."""
-    eval_n_envs: int = 10
-    """Parallel envs during evaluation."""
-    eval_seed_start: int = 100_000
-    """Evaluation episode i uses seed eval_seed_start + i."""
-    eval_base: bool = True
-    """Evaluate the base alone at env step 0, the curve's starting point."""
-    save_every: int = 20_000
-    """Env steps between checkpoints (taken at the end of the PPO iteration that crosses them; the end is always saved)."""
-    seed: int = 0
-    """Seeds networks, exploration and the training episodes' initial states."""
-    run_dir: Path | None = None
-    """Default: runs/residual-ppo-<task>-seed<seed>. Never overwritten: use --resume."""
-    resume: bool = False
-    """Continue the run in --run-dir from its last checkpoint."""
-    num_threads: int | None = None
-    """torch CPU threads (default: torch's choice)."""
 
     def __post_init__(self) -> None:
-        split_env_name(self.env)
+        super().__post_init__()
         for name in ("total_env_steps", "n_envs", "rollout_steps", "update_epochs", "n_minibatches", "max_episode_steps", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.init_std <= 0:
             raise ValueError(f"init_std must be > 0, got {self.init_std}")
 
-    def resolved_run_dir(self) -> Path:
-        return self.run_dir or Path("runs") / f"residual-ppo-{split_env_name(self.env)[1]}-seed{self.seed}"
+    def method_name(self) -> str:
+        return "residual-ppo"
 
 
-RESUMABLE_CHANGES = {"resume", "total_env_steps", "eval_every", "eval_episodes", "eval_n_envs", "eval_base", "save_every", "num_threads"}
 
 
 class ValueAndStd(torch.nn.Module):
@@ -172,7 +144,7 @@ def train(cfg: ResidualPPOConfig) -> dict:
     if state["env_steps"] == 0 and cfg.eval_base and cfg.eval_episodes:
         evaluate_now(base, "base")
 
-    envs = make_vector_env(cfg.env, cfg.n_envs, max_episode_steps=cfg.max_episode_steps, terminate_on_success=True)
+    envs = make_vector_env(cfg.env, cfg.n_envs, max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success)
     seeds = EpisodeSeeds(cfg.seed, state)
     queues = BaseActionQueues(base, cfg.n_envs)
     obs, _ = envs.reset(seed=seeds.take(cfg.n_envs))

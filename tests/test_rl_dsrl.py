@@ -89,7 +89,7 @@ def test_success_inside_a_chunk_ends_it_with_reward_one(push_demos):
 
 def test_actor_latent_respects_the_noise_bound(tiny_dp_checkpoint):
     base = DiffusionPolicy.from_pretrained(tiny_dp_checkpoint)
-    cfg = for_base(base.config, base.fingerprint(), noise_magnitude=0.7, hidden_dim=16, n_layers=1)
+    cfg = for_base(base, noise_magnitude=0.7, hidden_dim=16, n_layers=1)
     actor = NoiseActor(cfg)
     with torch.no_grad():
         for p in actor.parameters():
@@ -111,11 +111,11 @@ def test_identical_noise_gives_identical_chunk(tiny_dp_checkpoint):
     c = base.predict_action_chunk(obs, noise=noise + 0.5)
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
-    steered = SteeredPolicy(for_base(base.config, base.fingerprint(), hidden_dim=16, n_layers=1), base)
+    steered = SteeredPolicy(for_base(base, hidden_dim=16, n_layers=1), base)
     eps = torch.randn(base.noise_shape(3))
     assert torch.equal(steered.predict_action_chunk(obs, noise=eps), steered.predict_action_chunk(obs, noise=eps))
     assert not torch.equal(steered.predict_action_chunk(obs), steered.predict_action_chunk(obs))  # samples its actor by default
-    mean_only = SteeredPolicy(for_base(base.config, base.fingerprint(), hidden_dim=16, n_layers=1, deterministic=True), base)
+    mean_only = SteeredPolicy(for_base(base, hidden_dim=16, n_layers=1, deterministic=True), base)
     assert torch.equal(mean_only.predict_action_chunk(obs), mean_only.predict_action_chunk(obs))
 
 
@@ -187,7 +187,7 @@ def test_base_that_does_not_fit_the_env_fails_before_rollouts(tmp_path, mismatch
 
 def test_steered_checkpoint_refuses_a_different_base(tmp_path, tiny_dp_checkpoint):
     base = DiffusionPolicy.from_pretrained(tiny_dp_checkpoint)
-    SteeredPolicy(for_base(base.config, base.fingerprint(), hidden_dim=16, n_layers=1), base).save_pretrained(tmp_path / "steered")
+    SteeredPolicy(for_base(base, hidden_dim=16, n_layers=1), base).save_pretrained(tmp_path / "steered")
     assert isinstance(Policy.from_pretrained(tmp_path / "steered"), SteeredPolicy)
     weights_path = tmp_path / "steered" / "base" / "model.safetensors"
     weights = load_safetensors(weights_path)

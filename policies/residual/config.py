@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from policies.io_config import PolicyIOConfig
+from policies.io_config import PolicyIOConfig, base_fields
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,8 @@ class ResidualConfig(PolicyIOConfig):
         return self.n_obs_steps * self.state_dim
 
 
-BASE_FIELDS = ("state_keys", "state_dims", "action_key", "action_dim", "state_norm", "action_norm", "n_obs_steps", "horizon", "n_action_steps")
-
-
 def for_base(base: Any, action_low: tuple[float, ...], action_high: tuple[float, ...], **residual: Any) -> ResidualConfig:
     return ResidualConfig(
-        **{f: getattr(base.config, f) for f in BASE_FIELDS}, base_policy_type=base.policy_type, base_fingerprint=base.fingerprint(),
+        **base_fields(base.config), base_policy_type=base.policy_type, base_fingerprint=base.fingerprint(),
         action_low=tuple(float(x) for x in action_low), action_high=tuple(float(x) for x in action_high), **residual,
     )

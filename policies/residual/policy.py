@@ -6,39 +6,22 @@ delta = residual_scale * tanh(.) in normalized action units. The executed action
 unnormalize(base + delta) clipped to the env's action bounds. The last layer starts at zero, so an
 untrained residual reproduces the base exactly (ResiP, Ankile et al. 2024; ResFiT, 2025).
 
-Checkpoint directory:
-    config.json, model.safetensors (residual only), normalizer.safetensors (the base's)
-    base/        the base checkpoint; its fingerprint must match config.base_fingerprint
+Checkpoint layout: policies/wrapped.py (model.safetensors holds the residual MLP; base/ the base).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from core.io import (
-    CheckpointError,
-    atomic_save_safetensors,
-    atomic_write_json,
-    config_to_dict,
-    load_safetensors,
-)
-from policies.base import (
-    CONFIG_FILE,
-    FORMAT_VERSION,
-    NORMALIZER_FILE,
-    WEIGHTS_FILE,
-    Policy,
-    load_state_dict_strict,
-)
+from core.io import CheckpointError
+from policies.base import Policy
 from policies.mlp import mlp
-from policies.residual.config import BASE_FIELDS, ResidualConfig
-
-BASE_DIR = "base"
+from policies.residual.config import ResidualConfig
+from policies.wrapped import FrozenBasePolicy
 
 
 class ResidualActor(nn.Module):
@@ -54,26 +37,23 @@ class ResidualActor(nn.Module):
         return self.net(torch.cat([features, base_action], dim=-1))
 
 
-class ResidualPolicy(Policy):
+class ResidualPolicy(FrozenBasePolicy):
     policy_type: ClassVar[str] = "residual"
     config_class: ClassVar[type] = ResidualConfig
+    trained_attr: ClassVar[str] = "residual"
 
     def __init__(self, config: ResidualConfig, base: Policy) -> None:
-        check_base(config, base)
-        super().__init__(config, base.normalizer)
-        self.base = base.requires_grad_(False).eval()
+        super().__init__(config, base)
         self.residual = ResidualActor(config)
         self.register_buffer("action_low", torch.tensor(config.action_low, dtype=torch.float32), persistent=False)
         self.register_buffer("action_high", torch.tensor(config.action_high, dtype=torch.float32), persistent=False)
         self._history: deque[dict[str, torch.Tensor]] = deque(maxlen=config.n_obs_steps)
 
-    def train(self, mode: bool = True) -> "ResidualPolicy":
-        super().train(mode)
-        self.base.eval()
-        return self
-
-    def check_ready(self) -> None:
-        self.base.check_ready()
+    @classmethod
+    def check_base(cls, config: ResidualConfig, base: Policy) -> None:
+        if base.policy_type != config.base_policy_type:
+            raise CheckpointError(f"residual config expects a {config.base_policy_type} base, got a {base.policy_type} policy")
+        super().check_base(config, base)
 
     def reset(self) -> None:
         super().reset()
@@ -119,32 +99,3 @@ class ResidualPolicy(Policy):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError("a residual policy is trained with RL: python train.py residual --base <checkpoint> ...")
-
-    # ---- checkpoints ------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:
-        directory = Path(directory)
-        self.base.save_pretrained(directory / BASE_DIR)
-        atomic_save_safetensors(directory / WEIGHTS_FILE, weights if weights is not None else self.residual.state_dict(), metadata={"policy_type": self.policy_type})
-        self.normalizer.save(directory / NORMALIZER_FILE)
-        atomic_write_json(directory / CONFIG_FILE, {"policy_type": self.policy_type, "format_version": FORMAT_VERSION, "config": config_to_dict(self.config)})
-
-    @classmethod
-    def load_from_dir(cls, directory: Path, config: ResidualConfig) -> "ResidualPolicy":
-        base = Policy.from_pretrained(directory / BASE_DIR)
-        found = base.fingerprint()
-        if found != config.base_fingerprint:
-            raise CheckpointError(
-                f"{directory / BASE_DIR}: base fingerprint {found[:12]} does not match the {config.base_fingerprint[:12]} "
-                f"recorded in {directory / CONFIG_FILE}; the residual was trained on a different base"
-            )
-        policy = cls(config, base)
-        load_state_dict_strict(policy.residual, load_safetensors(directory / WEIGHTS_FILE), str(directory / WEIGHTS_FILE))
-        return policy
-
-
-def check_base(config: ResidualConfig, base: Policy) -> None:
-    if base.policy_type != config.base_policy_type:
-        raise CheckpointError(f"residual config expects a {config.base_policy_type} base, got a {base.policy_type} policy")
-    diff = {f: (getattr(config, f), getattr(base.config, f)) for f in BASE_FIELDS if getattr(config, f) != getattr(base.config, f)}
-    if diff:
-        raise CheckpointError("residual config does not match its base: " + "; ".join(f"{k}: {a!r} vs base {b!r}" for k, (a, b) in diff.items()))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from policies.io_config import PolicyIOConfig
+from policies.io_config import PolicyIOConfig, base_fields
 
 
 @dataclass(frozen=True)
@@ -49,14 +48,6 @@ class SteeredConfig(PolicyIOConfig):
         return self.n_obs_steps * self.state_dim
 
 
-# Fields a steered config copies from its base.
-BASE_FIELDS = ("state_keys", "state_dims", "action_key", "action_dim", "state_norm", "action_norm", "n_obs_steps", "horizon", "n_action_steps")
-
-
-def for_base(base_config: Any, base_fingerprint: str, **actor: Any) -> SteeredConfig:
-    return SteeredConfig(**{f: getattr(base_config, f) for f in BASE_FIELDS}, base_fingerprint=base_fingerprint, **actor)
-
-
-def actor_fields(config: SteeredConfig) -> dict[str, Any]:
-    """The actor's own hyperparameters (everything not copied from the base)."""
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in (*BASE_FIELDS, "base_fingerprint")}
+def for_base(base: Any, **actor: Any) -> SteeredConfig:
+    """A config for steering `base` (a DiffusionPolicy): its shapes and fingerprint plus the actor's fields."""
+    return SteeredConfig(**base_fields(base.config), base_fingerprint=base.fingerprint(), **actor)

@@ -4,40 +4,23 @@ The noise actor maps the observation window to the DDIM sampler's initial latent
 tanh-squashed to +-noise_magnitude. Deterministic DDIM turns w into the action chunk. The base is a
 black box: only `base.predict_action_chunk(obs, noise=w)` is used, and its weights never change.
 
-Checkpoint directory:
-    config.json, model.safetensors (actor only), normalizer.safetensors (the base's)
-    base/        the base Diffusion Policy checkpoint; its fingerprint must match config.base_fingerprint
+Checkpoint layout: policies/wrapped.py (model.safetensors holds the actor; base/ the Diffusion Policy).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from core.io import (
-    CheckpointError,
-    atomic_save_safetensors,
-    atomic_write_json,
-    config_to_dict,
-    load_safetensors,
-)
-from policies.base import (
-    CONFIG_FILE,
-    FORMAT_VERSION,
-    NORMALIZER_FILE,
-    WEIGHTS_FILE,
-    Policy,
-    load_state_dict_strict,
-)
+from core.io import CheckpointError
+from policies.base import Policy
 from policies.diffusion.policy import DiffusionPolicy
 from policies.mlp import mlp
-from policies.steered.config import BASE_FIELDS, SteeredConfig
-
-BASE_DIR = "base"
+from policies.steered.config import SteeredConfig
+from policies.wrapped import FrozenBasePolicy
 
 
 class NoiseActor(nn.Module):
@@ -73,20 +56,26 @@ class NoiseActor(nn.Module):
         return squashed * self.magnitude, log_prob
 
 
-class SteeredPolicy(Policy):
+class SteeredPolicy(FrozenBasePolicy):
     policy_type: ClassVar[str] = "dsrl"
     config_class: ClassVar[type] = SteeredConfig
+    trained_attr: ClassVar[str] = "actor"
 
     def __init__(self, config: SteeredConfig, base: DiffusionPolicy) -> None:
-        check_base(config, base)
-        super().__init__(config, base.normalizer)
-        self.base = base.requires_grad_(False).eval()
+        super().__init__(config, base)
         self.actor = NoiseActor(config)
 
-    def train(self, mode: bool = True) -> SteeredPolicy:
-        super().train(mode)
-        self.base.eval()  # the base is frozen, always in inference mode
-        return self
+    @classmethod
+    def check_base(cls, config: SteeredConfig, base: Policy) -> None:
+        """The base must be a deterministic-DDIM Diffusion Policy with the shapes the config records."""
+        if not isinstance(base, DiffusionPolicy):
+            raise CheckpointError(f"DSRL steers a Diffusion Policy; the base is a {base.policy_type} policy")
+        if base.config.inference_scheduler != "ddim":
+            raise CheckpointError(
+                f"DSRL needs deterministic DDIM sampling; the base samples with {base.config.inference_scheduler!r} "
+                "(set policy.inference_scheduler=ddim in the base's config.json)"
+            )
+        super().check_base(config, base)
 
     def latent(self, obs: dict[str, torch.Tensor], eps: torch.Tensor | None = None) -> torch.Tensor:
         """The actor's latent for an observation window: sampled with `eps` (drawn when None), or its mean
@@ -104,41 +93,3 @@ class SteeredPolicy(Policy):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError("a steered policy is trained with RL: python train.py dsrl --base <checkpoint> ...")
-
-    # ---- checkpoints -----------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:
-        directory = Path(directory)
-        self.base.save_pretrained(directory / BASE_DIR)
-        atomic_save_safetensors(directory / WEIGHTS_FILE, weights if weights is not None else self.actor.state_dict(), metadata={"policy_type": self.policy_type})
-        self.normalizer.save(directory / NORMALIZER_FILE)
-        atomic_write_json(
-            directory / CONFIG_FILE,
-            {"policy_type": self.policy_type, "format_version": FORMAT_VERSION, "config": config_to_dict(self.config)},
-        )
-
-    @classmethod
-    def load_from_dir(cls, directory: Path, config: SteeredConfig) -> SteeredPolicy:
-        base = DiffusionPolicy.from_pretrained(directory / BASE_DIR)
-        found = base.fingerprint()
-        if found != config.base_fingerprint:
-            raise CheckpointError(
-                f"{directory / BASE_DIR}: base fingerprint {found[:12]} does not match the {config.base_fingerprint[:12]} "
-                f"recorded in {directory / CONFIG_FILE}; the actor was trained on a different base"
-            )
-        policy = cls(config, base)
-        load_state_dict_strict(policy.actor, load_safetensors(directory / WEIGHTS_FILE), str(directory / WEIGHTS_FILE))
-        return policy
-
-
-def check_base(config: SteeredConfig, base: Policy) -> None:
-    """The base must be a deterministic-DDIM Diffusion Policy with the shapes the config records."""
-    if not isinstance(base, DiffusionPolicy):
-        raise CheckpointError(f"DSRL steers a Diffusion Policy; the base is a {base.policy_type} policy")
-    if base.config.inference_scheduler != "ddim":
-        raise CheckpointError(
-            f"DSRL needs deterministic DDIM sampling; the base samples with {base.config.inference_scheduler!r} "
-            "(set policy.inference_scheduler=ddim in the base's config.json)"
-        )
-    diff = {f: (getattr(config, f), getattr(base.config, f)) for f in BASE_FIELDS if getattr(config, f) != getattr(base.config, f)}
-    if diff:
-        raise CheckpointError("steered config does not match its base: " + "; ".join(f"{k}: {a!r} vs base {b!r}" for k, (a, b) in diff.items()))

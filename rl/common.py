@@ -127,6 +127,44 @@ def reset_finished(envs, obs: dict[str, np.ndarray], done: np.ndarray, seeds: Ep
     return {k: np.where(done.reshape(-1, *[1] * (v.ndim - 1)), reset_obs[k], v) for k, v in obs.items()}
 
 
+class RolloutStats:
+    """Episode outcomes and averaged update metrics since the last log line."""
+
+    def __init__(self, n_envs: int, state: dict) -> None:
+        self.episode_return = np.zeros(n_envs)
+        self.state = state  # its "successes" counter covers the whole run
+        self.clear()
+
+    def clear(self) -> None:
+        self.episodes, self.successes, self.metrics, self.n_metrics = 0, 0, {}, 0
+
+    def step(self, reward: np.ndarray, done: np.ndarray) -> None:
+        """Add one vector step's rewards; count the episodes that ended (success: positive return)."""
+        self.episode_return += reward
+        if done.any():
+            successes = int((self.episode_return[done] > 0).sum())
+            self.episodes += int(done.sum())
+            self.successes += successes
+            self.state["successes"] += successes
+            self.episode_return[done] = 0.0
+
+    def add_metrics(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.metrics[k] = self.metrics.get(k, 0.0) + v
+        self.n_metrics += 1
+
+    def flush(self, log: "RunLog", bar, **extra: float) -> None:
+        """Write the averages (plus `extra` scalars) to the run log, show the success rate, start a new window."""
+        scalars = {f"train/{k}": v / self.n_metrics for k, v in self.metrics.items()}
+        if self.episodes:
+            scalars |= {"rollout/success_rate": self.successes / self.episodes, "rollout/episodes": self.episodes}
+            bar.set_postfix(rollout_success=f"{self.successes / self.episodes:.2f}")
+        state = self.state
+        scalars |= {"rollout/steps_per_s": state["env_steps"] / max(state["wall_s"] - state["eval_wall_s"], 1e-9), **extra}
+        log.scalars(state["env_steps"], state["wall_s"], scalars)
+        self.clear()
+
+
 class RunLog:
     """tensorboard + train_log.jsonl (scalars) + eval_log.jsonl (the success curve), all keyed by env steps."""
 

@@ -47,6 +47,7 @@ from rl.common import (
     EpisodeSeeds,
     Evaluator,
     RLRunConfig,
+    RolloutStats,
     RunLog,
     adam,
     load_base,
@@ -273,8 +274,7 @@ def train(cfg: ResidualOffPolicyConfig) -> dict:
     accumulator = NStepAccumulator(cfg.n_step, cfg.gamma, cfg.n_envs)
     obs, _ = envs.reset(seed=seeds.take(cfg.n_envs))
     base_action, features = queues.step(obs)
-    episode_return = np.zeros(cfg.n_envs)
-    window: dict = {"episodes": 0, "successes": 0, "metrics": {}, "n_metrics": 0}
+    stats = RolloutStats(cfg.n_envs, state)
     log_due, eval_due, save_due = Cadence(cfg.log_every, state["env_steps"]), Cadence(cfg.eval_every, state["env_steps"]), Cadence(cfg.save_every, state["env_steps"])
     bar = tqdm(total=cfg.total_env_steps, initial=state["env_steps"], desc="residual-offpolicy", unit="step", dynamic_ncols=True)
     try:
@@ -296,13 +296,8 @@ def train(cfg: ResidualOffPolicyConfig) -> dict:
                     replay.add(**{k: np.asarray(v)[None] for k, v in transition.items()})
             state["env_steps"] += cfg.n_envs
             bar.update(cfg.n_envs)
-            episode_return += reward
+            stats.step(reward, done)
             if done.any():
-                finished_success = int((episode_return[done] > 0).sum())
-                window["episodes"] += int(done.sum())
-                window["successes"] += finished_success
-                state["successes"] += finished_success
-                episode_return[done] = 0.0
                 next_obs = reset_finished(envs, next_obs, done, seeds)
                 queues.reset(done)
                 fresh_action, fresh_features = queues.step({k: v[done] for k, v in next_obs.items()}, ids=np.flatnonzero(done).tolist())
@@ -317,19 +312,11 @@ def train(cfg: ResidualOffPolicyConfig) -> dict:
                     if state["env_steps"] >= cfg.critic_only_env_steps and state["updates"] % cfg.actor_delay == 0:
                         metrics |= update_actor()
                         state["actor_updates"] += 1
-                for k, v in metrics.items():
-                    window["metrics"][k] = window["metrics"].get(k, 0.0) + v
-                window["n_metrics"] += 1
+                stats.add_metrics(metrics)
 
             state["wall_s"] = time.perf_counter() - t_start
             if log_due.due(state["env_steps"]):
-                scalars = {f"train/{k}": v / window["n_metrics"] for k, v in window["metrics"].items()}
-                if window["episodes"]:
-                    scalars |= {"rollout/success_rate": window["successes"] / window["episodes"], "rollout/episodes": window["episodes"]}
-                    bar.set_postfix(rollout_success=f"{window['successes'] / window['episodes']:.2f}")
-                scalars |= {"rollout/steps_per_s": state["env_steps"] / max(state["wall_s"] - state["eval_wall_s"], 1e-9), "train/updates": state["updates"]}
-                log.scalars(state["env_steps"], state["wall_s"], scalars)
-                window = {"episodes": 0, "successes": 0, "metrics": {}, "n_metrics": 0}
+                stats.flush(log, bar, **{"train/updates": state["updates"]})
             finished = state["env_steps"] >= cfg.total_env_steps
             if eval_due.due(state["env_steps"]) and not finished:
                 evaluate_now(policy, "residual-offpolicy")

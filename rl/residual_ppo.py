@@ -39,6 +39,7 @@ from rl.common import (
     EpisodeSeeds,
     Evaluator,
     RLRunConfig,
+    RolloutStats,
     RunLog,
     adam,
     load_base,
@@ -149,7 +150,7 @@ def train(cfg: ResidualPPOConfig) -> dict:
     queues = BaseActionQueues(base, cfg.n_envs)
     obs, _ = envs.reset(seed=seeds.take(cfg.n_envs))
     base_action, features = queues.step(obs)
-    episode_return = np.zeros(cfg.n_envs)
+    stats = RolloutStats(cfg.n_envs, state)
     T, N = cfg.rollout_steps, cfg.n_envs
     eval_due, save_due = Cadence(cfg.eval_every, state["env_steps"]), Cadence(cfg.save_every, state["env_steps"])
     bar = tqdm(total=cfg.total_env_steps, initial=state["env_steps"], desc="residual-ppo", unit="step", dynamic_ncols=True)
@@ -157,7 +158,6 @@ def train(cfg: ResidualPPOConfig) -> dict:
         while state["env_steps"] < cfg.total_env_steps:
             buf = {"obs": torch.zeros(T, N, obs_dim), "base": torch.zeros(T, N, act_dim), "raw": torch.zeros(T, N, act_dim),
                    "log_prob": torch.zeros(T, N), "value": torch.zeros(T, N), "reward": torch.zeros(T, N), "terminal": torch.zeros(T, N)}
-            episodes = successes = 0
             for t in range(T):
                 with torch.no_grad():
                     base_norm = normalize(base_action)
@@ -176,11 +176,8 @@ def train(cfg: ResidualPPOConfig) -> dict:
                         v_final = extra.v(next_features, normalize(next_base_action))
                     reward = reward + cfg.gamma * v_final * torch.as_tensor(truncated & ~terminated, dtype=torch.float32)
                 buf["reward"][t], buf["terminal"][t] = reward, torch.as_tensor(done, dtype=torch.float32)
-                episode_return += np.asarray(info["success"], dtype=np.float32)
+                stats.step(np.asarray(info["success"], dtype=np.float32), done)
                 if done.any():
-                    episodes += int(done.sum())
-                    successes += int((episode_return[done] > 0).sum())
-                    episode_return[done] = 0.0
                     next_obs = reset_finished(envs, next_obs, done, seeds)
                     queues.reset(done)
                     fresh_action, fresh_features = queues.step({k: v[done] for k, v in next_obs.items()}, ids=np.flatnonzero(done).tolist())
@@ -188,7 +185,6 @@ def train(cfg: ResidualPPOConfig) -> dict:
                 base_action, features = next_base_action, next_features
                 state["env_steps"] += N
                 bar.update(N)
-            state["successes"] += successes
 
             # GAE over the rollout, bootstrapping from the value of the state after it.
             with torch.no_grad():
@@ -231,13 +227,9 @@ def train(cfg: ResidualPPOConfig) -> dict:
                         clip_fracs.append(((ratio - 1).abs() > cfg.clip_coef).float().mean().item())
             state["iterations"] += 1
             state["wall_s"] = time.perf_counter() - t_start
-            scalars = {"train/policy_loss": policy_loss.item(), "train/value_loss": value_loss.item(), "train/entropy": entropy.item(),
-                       "train/approx_kl": approx_kl, "train/clip_frac": float(np.mean(clip_fracs)), "train/std_mean": extra.log_std.exp().mean().item(),
-                       "rollout/steps_per_s": state["env_steps"] / max(state["wall_s"] - state["eval_wall_s"], 1e-9)}
-            if episodes:
-                scalars |= {"rollout/success_rate": successes / episodes, "rollout/episodes": episodes}
-                bar.set_postfix(rollout_success=f"{successes / episodes:.2f}")
-            log.scalars(state["env_steps"], state["wall_s"], scalars)
+            stats.add_metrics({"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
+                               "approx_kl": approx_kl, "clip_frac": float(np.mean(clip_fracs)), "std_mean": extra.log_std.exp().mean().item()})
+            stats.flush(log, bar, **{"train/iterations": state["iterations"]})
             finished = state["env_steps"] >= cfg.total_env_steps
             if eval_due.due(state["env_steps"]) and not finished:
                 evaluate_now(policy, "residual-ppo")

@@ -138,7 +138,10 @@ def summarize(method: str, runs: dict[int, Path]) -> tuple[list[dict], dict, dic
 
 
 def plot(curves: dict[str, dict], task: str, base_success: float, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("error: the plot needs matplotlib: pip install -e '.[bench]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

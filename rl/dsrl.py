@@ -106,7 +106,8 @@ class DSRLConfig(RLRunConfig):
     """Add the entropy bonus to the critics' bootstrap targets (standard SAC). Off by default: episodes end at
     success, and with ~60 nats of latent entropy the bonus is a living reward that makes success look worse than
     carrying on until the time limit (measured: mean Q 65 with returns of at most 1). Off, Q is the discounted
-    success probability and the entropy only regularises the actor."""
+    success probability, bootstrap values are clipped to the possible return range, and the entropy only
+    regularises the actor."""
     deterministic: bool = False
     """Act with the actor's mean latent at evaluation and deployment instead of sampling it (see SteeredConfig)."""
     log_std_init: float = 0.0
@@ -166,6 +167,8 @@ def train(cfg: DSRLConfig) -> dict:
     first = pc.n_obs_steps - 1  # chunk index aligned with "now"
     mag = cfg.noise_magnitude
     actor = policy.actor
+    # Largest discounted return: 1 when episodes end at success, else 1 per success step for ever.
+    max_return = 1.0 if cfg.terminate_on_success else pc.n_action_steps / (1 - cfg.gamma)
 
     def critic(in_dim: int) -> QEnsemble:
         return QEnsemble(in_dim, 2, cfg.hidden_dim, cfg.n_layers, cfg.layer_norm, cfg.activation)
@@ -211,6 +214,8 @@ def train(cfg: DSRLConfig) -> dict:
             next_value = noise_critic_target(b["next_obs"], next_latent).min(0).values
             if cfg.backup_entropy:
                 next_value = next_value - alpha * next_log_prob
+            else:  # the value of a state lies in [0, max_return]; NA's Q^A -> Q^W -> Q^A loop otherwise inflates it
+                next_value = next_value.clamp(0.0, max_return)
             target = b["reward"] + cfg.gamma * (1 - b["terminated"]) * next_value
         if action_critic is not None:  # Q^A on the executed chunk
             q = action_critic(b["obs"], b["chunk"])

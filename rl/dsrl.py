@@ -15,12 +15,12 @@ Algorithms (--algo):
        Q^A(s, a) is trained by TD on the executed chunk a;
        Q^W(s, w) is distilled from Q^A on (s, w, a = base(s, w)) with w ~ N(0, I) drawn fresh, clipped to the bound;
        the actor maximises Q^W. Noise that the base maps to the same chunk gets the same value (aliasing).
-       Two choices made for CPU budgets, both exact for a frozen base:
+       Two choices made for CPU budgets:
        - the distillation pairs are produced while acting (K fresh w per env per decision, in the same
-         batched base call) and stored, instead of re-running the base on every gradient step; the base is
-         frozen, so base(s, w) is the same whenever it is computed;
+         batched base call) and stored, instead of re-running the base on every gradient step. Exact: the
+         base is frozen, so base(s, w) is the same whenever it is computed;
        - Q^A's bootstrap target at s' uses Q^W_target(s', w' ~ actor) instead of Q^A(s', base(s', w')),
-         which would need a base call per critic step; Q^W is trained to equal the latter.
+         which would need a base call per critic step. An approximation: Q^W is trained to equal the latter.
 
 Env steps (not decisions) count everywhere: budgets, logs, checkpoints and the eval curve.
 

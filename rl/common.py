@@ -51,6 +51,11 @@ class RLRunConfig:
     """Step limit of training and evaluation episodes."""
     terminate_on_success: bool = True
     """End a training episode at its first success (sparse reward 1 there); otherwise reward 1 at every success step."""
+    timeout_is_terminal: bool = True
+    """Treat the step limit as the end of the task in TD targets (no bootstrap past it), as the DSRL reference
+    does. With bootstrapping, a success that might come after the limit counts as if it would come: values
+    drift towards 1 everywhere (measured: mean Q 0.93 while rollouts succeeded 35-58%) and stop telling
+    good actions from bad ones."""
     eval_every: int = 20_000
     """Env steps between evaluations (0: only at the end)."""
     eval_episodes: int = 50

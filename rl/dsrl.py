@@ -284,7 +284,8 @@ def train(cfg: DSRLConfig) -> dict:
             next_obs, reward, terminated, truncated, info = envs.step(executed[: cfg.n_envs].numpy())
             with torch.no_grad():
                 next_features = policy.state_features(to_torch_obs(next_obs))
-            replay.add(obs=features, latent=latent, chunk=executed_norm[: cfg.n_envs], reward=reward, next_obs=next_features, terminated=terminated)
+            ends_value = terminated | (truncated & cfg.timeout_is_terminal)
+            replay.add(obs=features, latent=latent, chunk=executed_norm[: cfg.n_envs], reward=reward, next_obs=next_features, terminated=ends_value)
             if cfg.algo == "na":
                 aliases.add(obs=features.repeat(1 + cfg.aliases_per_env, 1), latent=all_latent, chunk=executed_norm)
             steps = int(np.sum(info["env_steps"]))

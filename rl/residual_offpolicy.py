@@ -141,7 +141,8 @@ def ensemble_target(q_next: torch.Tensor, heads: torch.Tensor, reward: torch.Ten
     return reward + discount * q_next[heads].min(0).values
 
 
-def demo_transitions(policy: ResidualPolicy, store_path: Path, env_name: str, max_episode_steps: int, gamma: float, n_step: int) -> tuple[dict[str, np.ndarray], dict]:
+def demo_transitions(policy: ResidualPolicy, store_path: Path, env_name: str, max_episode_steps: int, gamma: float, n_step: int,
+                     timeout_is_terminal: bool) -> tuple[dict[str, np.ndarray], dict]:
     """Relabel the demos: base action at every demo state, the demo action as the executed action, and
     sparse success rewards from replaying each demo in the env from its recorded seed."""
     store = EpisodeStore.open(store_path)
@@ -175,7 +176,7 @@ def demo_transitions(policy: ResidualPolicy, store_path: Path, env_name: str, ma
                 "action": policy.normalizer.normalize(cfg.action_key, torch.as_tensor(action[None], dtype=torch.float32))[0].numpy(),
                 "next_obs": next_features[0].numpy(), "next_base": policy.normalizer.normalize(cfg.action_key, next_base)[0].numpy(),
             }
-            rows += accumulator.push(0, row, float(info["success"]), terminated, done)
+            rows += accumulator.push(0, row, float(info["success"]), terminated or (truncated and timeout_is_terminal), done)
             base_action, features = next_base, next_features
             if done:
                 stats["replayed_successes"] += int(terminated)
@@ -213,7 +214,7 @@ def train(cfg: ResidualOffPolicyConfig) -> dict:
     shapes = {"obs": (obs_dim,), "base": (act_dim,), "action": (act_dim,), "reward": (), "discount": (), "next_obs": (obs_dim,), "next_base": (act_dim,)}
     replay = ReplayBuffer(cfg.replay_capacity, shapes)
 
-    demos, demo_stats = demo_transitions(policy, dataset, cfg.env, cfg.max_episode_steps, cfg.gamma, cfg.n_step)
+    demos, demo_stats = demo_transitions(policy, dataset, cfg.env, cfg.max_episode_steps, cfg.gamma, cfg.n_step, cfg.timeout_is_terminal)
     demo_buffer = ReplayBuffer(len(demos["obs"]), shapes)
     demo_buffer.add(**demos)
     print(f"demos: {demo_stats['episodes']} episodes from {dataset}, {demo_stats['replayed_successes']} reach success when replayed, "
@@ -292,7 +293,8 @@ def train(cfg: ResidualOffPolicyConfig) -> dict:
             for i in range(cfg.n_envs):
                 row = {"obs": features[i].numpy(), "base": base_norm[i].numpy(), "action": action_norm[i].numpy(),
                        "next_obs": next_features[i].numpy(), "next_base": next_base_norm[i].numpy()}
-                for transition in accumulator.push(i, row, float(reward[i]), bool(terminated[i]), bool(done[i])):
+                ends_value = bool(terminated[i]) or (bool(truncated[i]) and cfg.timeout_is_terminal)
+                for transition in accumulator.push(i, row, float(reward[i]), ends_value, bool(done[i])):
                     replay.add(**{k: np.asarray(v)[None] for k, v in transition.items()})
             state["env_steps"] += cfg.n_envs
             bar.update(cfg.n_envs)

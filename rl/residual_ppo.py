@@ -171,7 +171,7 @@ def train(cfg: ResidualPPOConfig) -> dict:
                 reward = torch.as_tensor(np.asarray(info["success"], dtype=np.float32))
                 done = terminated | truncated
                 next_base_action, next_features = queues.step(next_obs)
-                if truncated.any():  # a time limit is not a terminal state: bootstrap from the final state's value
+                if truncated.any() and not cfg.timeout_is_terminal:  # bootstrap a time-out from the final state's value
                     with torch.no_grad():
                         v_final = extra.v(next_features, normalize(next_base_action))
                     reward = reward + cfg.gamma * v_final * torch.as_tensor(truncated & ~terminated, dtype=torch.float32)

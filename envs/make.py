@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -41,10 +44,37 @@ def env_properties(name: str) -> dict[str, Any]:
     raise AssertionError(suite)
 
 
+@contextlib.contextmanager
+def _spawn_without_main_module() -> Iterator[None]:
+    """Start spawned workers without re-importing the parent's __main__ script.
+
+    multiprocessing's spawn imports the main script (train.py, eval.py, ...) in every worker, and with
+    it torch and the policies: about 800 MB per env worker. The env factories live in importable
+    modules, so the workers do not need it.
+    """
+    main = sys.modules["__main__"]
+    saved_file, saved_spec = getattr(main, "__file__", None), getattr(main, "__spec__", None)
+    if saved_file is not None:
+        del main.__file__
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        if saved_file is not None:
+            main.__file__ = saved_file
+        main.__spec__ = saved_spec
+
+
+def async_vector_env(fns: list) -> gym.vector.VectorEnv:
+    """AsyncVectorEnv over spawned workers (safe with MuJoCo), autoreset off."""
+    with _spawn_without_main_module():
+        return gym.vector.AsyncVectorEnv(fns, context="spawn", autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+
+
 def make_vector_env(name: str, n_envs: int, per_env_kwargs: list[dict[str, Any]] | None = None, asynchronous: bool = True, **kwargs: Any) -> gym.vector.VectorEnv:
     """`n_envs` copies in spawned subprocesses (safe with MuJoCo); autoreset is off, callers reset explicitly."""
     per_env_kwargs = per_env_kwargs or [{} for _ in range(n_envs)]
     fns = [functools.partial(make_env, name, **kwargs, **extra) for extra in per_env_kwargs]
     if asynchronous and n_envs > 1:
-        return gym.vector.AsyncVectorEnv(fns, context="spawn", autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+        return async_vector_env(fns)
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)

@@ -21,7 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.make import make_env
+from envs.make import async_vector_env, make_env
 
 
 class ChunkedEnv(gym.Env):
@@ -72,7 +72,7 @@ def make_chunked_vector_env(env_name: str, n_envs: int, n_obs_steps: int, n_acti
     fn = functools.partial(ChunkedEnv, env_name, n_obs_steps, n_action_steps, **env_kwargs)
     if n_envs == 1:
         return gym.vector.SyncVectorEnv([fn], autoreset_mode=gym.vector.AutoresetMode.DISABLED)
-    return gym.vector.AsyncVectorEnv([fn] * n_envs, context="spawn", autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    return async_vector_env([fn] * n_envs)
 
 
 def check_policy_matches_env(config: Any, env_name: str, where: str) -> None:

@@ -6,7 +6,7 @@ Same residual policy as rl/residual_offpolicy.py (zero-initialised last layer, d
 tanh(.) in normalized action units, sum clipped to the action bounds). Exploration: a Gaussian around
 that mean with a fixed or learned state-independent std; the executed correction is clipped to the
 residual bound. Vector envs, GAE, clipped surrogate, value function on (observation window, base action);
-truncated episodes bootstrap from the value of their final state. Kept for comparison: the ResFiT paper
+time-outs end the value (`--no-timeout-is-terminal` bootstraps them from the final state's value instead). Kept for comparison: the ResFiT paper
 reports off-policy needing about 200x fewer env steps.
 
 Checkpoints are written after a whole PPO iteration (rollout + update), so a resumed run starts a

@@ -54,7 +54,7 @@ class FrozenBasePolicy(Policy):
     def trained(self) -> nn.Module:
         return getattr(self, self.trained_attr)
 
-    def train(self, mode: bool = True) -> "FrozenBasePolicy":
+    def train(self, mode: bool = True) -> FrozenBasePolicy:
         super().train(mode)
         self.base.eval()  # the base is frozen, always in inference mode
         return self
@@ -70,7 +70,7 @@ class FrozenBasePolicy(Policy):
         atomic_write_json(directory / CONFIG_FILE, {"policy_type": self.policy_type, "format_version": FORMAT_VERSION, "config": config_to_dict(self.config)})
 
     @classmethod
-    def load_from_dir(cls, directory: Path, config: Any) -> "FrozenBasePolicy":
+    def load_from_dir(cls, directory: Path, config: Any) -> FrozenBasePolicy:
         base = Policy.from_pretrained(directory / BASE_DIR)
         found = base.fingerprint()
         if found != config.base_fingerprint:

@@ -158,7 +158,7 @@ class RolloutStats:
             self.metrics[k] = self.metrics.get(k, 0.0) + v
         self.n_metrics += 1
 
-    def flush(self, log: "RunLog", bar, **extra: float) -> None:
+    def flush(self, log: RunLog, bar, **extra: float) -> None:
         """Write the averages (plus `extra` scalars) to the run log, show the success rate, start a new window."""
         scalars = {f"train/{k}": v / self.n_metrics for k, v in self.metrics.items()}
         if self.episodes:

@@ -162,7 +162,10 @@ def demo_transitions(policy: ResidualPolicy, store_path: Path, env_name: str, ma
         env.reset(seed=int(seeds[episode_index]))
         queues.reset()
         steps = min(len(episode[cfg.action_key]), max_episode_steps)
-        obs_at = lambda t: {k: episode[k][t : t + 1] for k in cfg.state_keys}  # noqa: E731
+
+        def obs_at(t: int, episode: dict = episode) -> dict[str, np.ndarray]:
+            return {k: episode[k][t : t + 1] for k in cfg.state_keys}
+
         base_action, features = queues.step(obs_at(0))
         for t in range(steps):
             action = episode[cfg.action_key][t]
@@ -204,7 +207,7 @@ def train(cfg: ResidualOffPolicyConfig) -> dict:
     )
     pc = policy.config
     obs_dim, act_dim, scale = pc.obs_feature_dim, pc.action_dim, cfg.residual_scale
-    normalize = lambda a: policy.normalizer.normalize(pc.action_key, a)  # noqa: E731
+    normalize = lambda a: policy.normalizer.normalize(pc.action_key, a)
 
     critic = QEnsemble(obs_dim + 2 * act_dim, cfg.n_critics, cfg.critic_hidden_dim, cfg.critic_layers, True, "relu")
     critic_target = copy.deepcopy(critic).requires_grad_(False)
@@ -229,7 +232,7 @@ def train(cfg: ResidualOffPolicyConfig) -> dict:
         print(f"resumed from {ckpt} at env step {state['env_steps']}")
     log = RunLog(run_dir, cfg.resume, state["env_steps"])
     evaluate_now = Evaluator(cfg.env, cfg.eval_episodes, cfg.eval_n_envs, cfg.eval_seed_start, cfg.max_episode_steps, log, state)
-    n_demo = int(round(cfg.batch_size * cfg.demo_fraction))
+    n_demo = round(cfg.batch_size * cfg.demo_fraction)
 
     def sample_batch() -> dict[str, torch.Tensor]:
         online = replay.sample(cfg.batch_size - n_demo, rng)

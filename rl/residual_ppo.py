@@ -127,7 +127,7 @@ def train(cfg: ResidualPPOConfig) -> dict:
     policy = ResidualPolicy(for_base(base, low, high, residual_scale=cfg.residual_scale, hidden_dim=cfg.hidden_dim, n_layers=cfg.n_layers), base)
     pc = policy.config
     obs_dim, act_dim, scale = pc.obs_feature_dim, pc.action_dim, cfg.residual_scale
-    normalize = lambda a: policy.normalizer.normalize(pc.action_key, a)  # noqa: E731
+    normalize = lambda a: policy.normalizer.normalize(pc.action_key, a)
     extra = ValueAndStd(obs_dim + act_dim, act_dim, cfg.hidden_dim, cfg.n_layers, cfg.init_std, cfg.learn_std)
     params = [*policy.residual.parameters(), *(p for p in extra.parameters() if p.requires_grad)]
     optimizer = adam(params, cfg.lr)

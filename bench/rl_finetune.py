@@ -13,7 +13,8 @@ Protocol:
   seeded episodes (seeds 100000..100049, disjoint from the training seeds), 100-step limit, success =
   Meta-World info["success"] at any step. The first point of each curve is the unsteered base.
 - Curves: mean over seeds; the band is the Wilson 95% interval of the episodes pooled over seeds at that
-  point. Lift = final success - base success, in points, per seed and averaged.
+  point (the base's point is the same 50 episodes in every run and counts once). Lift = final success -
+  base success, in points, per seed and averaged.
 - Finished runs in --runs are reused; interrupted ones resume from their last checkpoint.
 """
 
@@ -120,6 +121,8 @@ def summarize(method: str, runs: dict[int, Path]) -> tuple[list[dict], dict, dic
     curve = {"env_steps": [], "mean": [], "ci95_low": [], "ci95_high": [], "per_seed": [[r["success_rate"] for r in c[:n_points]] for c in curves]}
     for i in range(n_points):
         points = [c[i] for c in curves]
+        if all(p["policy"] == "base" for p in points):  # the base's evaluation is identical in every run: count it once
+            points = points[:1]
         successes = sum(round(p["success_rate"] * p["n_episodes"]) for p in points)
         episodes = sum(p["n_episodes"] for p in points)
         lo, hi = wilson_interval(successes, episodes)

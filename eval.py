@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 import tyro
 
+from core.checkpoint import resolve_checkpoint
 from core.io import CheckpointError, atomic_write_json, read_json
 from envs.rollout import evaluate
-from policies.base import CONFIG_FILE, Policy
+from policies.base import Policy
 
 
 @dataclass(frozen=True)
@@ -42,18 +43,6 @@ class EvalConfig:
     """torch device."""
     num_inference_steps: int | None = None
     """Override the diffusion denoising steps (default: the checkpoint's)."""
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """Accept a checkpoint dir or a run dir; fail clearly on anything else."""
-    if (path / CONFIG_FILE).is_file():
-        return path
-    last = path / "checkpoints" / "last"
-    if last.exists():
-        return last.resolve()
-    if path.is_dir() and (path / "checkpoints").is_dir():
-        raise CheckpointError(f"{path}: run has no complete checkpoint (checkpoints/last is missing)")
-    raise CheckpointError(f"{path}: not a checkpoint dir (no {CONFIG_FILE}) and not a run dir (no checkpoints/last)")
 
 
 def env_of_run(ckpt: Path) -> str | None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from core.io import (
+    CheckpointError,
     atomic_save_safetensors,
     atomic_write_bytes,
     atomic_write_json,
@@ -89,3 +90,15 @@ def open_jsonl_log(path: Path, resume: bool, step_key: str, upto: int):
         lines = [line for line in path.read_text().splitlines() if line and json.loads(line)[step_key] <= upto]
         atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode())
     return path.open("a")
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A policy checkpoint dir (it has config.json), or a run dir (its checkpoints/last); anything else fails clearly."""
+    if (path / "config.json").is_file():
+        return path
+    last = last_checkpoint(path)
+    if last is not None:
+        return last
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        raise CheckpointError(f"{path}: run has no complete checkpoint (checkpoints/last is missing)")
+    raise CheckpointError(f"{path}: not a checkpoint dir (no config.json) and not a run dir (no checkpoints/last)")

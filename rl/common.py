@@ -15,9 +15,9 @@ import torch
 
 from core.checkpoint import (
     commit_checkpoint,
-    last_checkpoint,
     load_rng_states,
     open_jsonl_log,
+    resolve_checkpoint,
     save_rng_states,
 )
 from core.io import (
@@ -100,10 +100,7 @@ TRAIN_SEED_BASE = 1_000_000
 
 def load_base(path: Path) -> Policy:
     """A policy checkpoint dir, or a run dir (its checkpoints/last)."""
-    ckpt = last_checkpoint(path) if (path / "checkpoints").is_dir() else path
-    if ckpt is None:
-        raise CheckpointError(f"{path}: run has no complete checkpoint (checkpoints/last is missing)")
-    return Policy.from_pretrained(ckpt)
+    return Policy.from_pretrained(resolve_checkpoint(path))
 
 
 def adam(params, lr: float) -> torch.optim.Adam:

@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,6 +122,10 @@ class TrainConfig:
     """torch device."""
     num_threads: int | None = None
     """torch CPU threads (default: torch's choice)."""
+    num_workers: int = 2
+    """Loader processes that read and batch image windows (image policies only; state windows come from RAM)."""
+    image_size: int = 84
+    """Camera resolution (square) when train.py collects demos for an image policy."""
 
     def __post_init__(self) -> None:
         split_env_name(self.env)
@@ -154,10 +159,26 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
             policy=VQBeTConfig(vq_train_steps=2, vq_latent_dim=16, vq_hidden_dim=32, gpt_layers=1, gpt_heads=2, gpt_dim=32, head_hidden_dim=32, action_chunk_size=4, n_action_steps=4, horizon=8),
         ),
     ),
+    "image": (
+        "Camera Diffusion Policy: corner2 at 84x84 (random 76x76 crops) plus the 4-D hand proprio, 50 demos. Sized for a GPU (--device cuda).",
+        TrainConfig(policy=DiffusionConfig(state_keys=("proprio",), image_keys=("image_corner2",)), batch_size=64, steps=3000),
+    ),
+    "image-tiny": (
+        "Seconds-long image smoke run: one 40x40 camera, a small UNet, 4 steps, one loader worker.",
+        TrainConfig(
+            **SMOKE,
+            image_size=40,
+            num_workers=1,
+            policy=DiffusionConfig(
+                state_keys=("proprio",), image_keys=("image_corner2",), vision_feature_dim=16, vision_keypoints=8,
+                down_dims=(16, 32), n_groups=4, diffusion_step_embed_dim=16, horizon=8, n_action_steps=4, num_inference_steps=3,
+            ),
+        ),
+    ),
 }
 
 # Fields that may change on resume without changing what the run computes.
-RESUMABLE_CHANGES = {"resume", "stop_at", "eval_every", "eval_episodes", "eval_n_envs", "log_every", "save_every", "device", "num_threads", "eval_episodes_periodic"}
+RESUMABLE_CHANGES = {"resume", "stop_at", "eval_every", "eval_episodes", "eval_n_envs", "log_every", "save_every", "device", "num_threads", "eval_episodes_periodic", "num_workers"}
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -170,30 +191,46 @@ def prepare_dataset(cfg: TrainConfig, run_dir: Path) -> Path:
     if not path.exists():
         from data.collect import CollectConfig, collect
 
-        _, report = collect(CollectConfig(env=cfg.env, episodes=cfg.n_demos, out=path))
+        from envs.cameras import camera_of
+
+        cameras = tuple(camera_of(k) for k in cfg.policy.image_keys)
+        _, report = collect(CollectConfig(env=cfg.env, episodes=cfg.n_demos, out=path, cameras=cameras, image_size=cfg.image_size))
         print(f"demos: {report.summary()} -> {path}")
     return path
 
 
-def load_training_data(store_path: Path, policy_cfg: PolicyConfig) -> tuple[EpisodeStore, dict[str, np.ndarray], PolicyConfig]:
-    """Open and validate the store, check its keys against the policy, fill the policy's shapes."""
+def load_training_data(store_path: Path, policy_cfg: PolicyConfig) -> tuple[EpisodeStore, dict[str, Any], PolicyConfig]:
+    """Open and validate the store, check its keys against the policy, fill the policy's shapes.
+
+    Returns the store, key -> array (state and action keys in RAM; image keys as lazy frame views) and the
+    filled policy config.
+    """
     store = EpisodeStore.open(store_path)
-    keys = [*policy_cfg.state_keys, policy_cfg.action_key]
+    vector_keys = [*policy_cfg.state_keys, policy_cfg.action_key]
+    keys = [*vector_keys, *policy_cfg.image_keys]
     specs = store.key_specs()
     missing = [k for k in keys if k not in specs]
     if missing:
         raise StoreError(f"{store_path}: policy needs keys {missing}, store has {sorted(specs)}")
-    for key in keys:
+    for key in vector_keys:
         if len(specs[key].shape) != 1:
-            raise StoreError(f"{store_path}: key {key!r} has per-step shape {specs[key].shape}; a state policy expects 1-D vectors")
+            raise StoreError(f"{store_path}: key {key!r} has per-step shape {specs[key].shape}; expected a 1-D vector (images go in policy.image_keys)")
+    image_shapes = {k: specs[k].shape for k in policy_cfg.image_keys}
+    for key, shape in image_shapes.items():
+        if specs[key].dtype != "uint8" or len(shape) != 3 or shape[2] != 3:
+            raise StoreError(f"{store_path}: image key {key!r} is {specs[key].dtype} {shape}; expected uint8 (H, W, 3) frames")
+    if len(set(image_shapes.values())) > 1:
+        raise StoreError(f"{store_path}: image keys have different shapes {image_shapes}; expected one shared (H, W, 3)")
     store.check({k: specs[k] for k in keys})
     state_dims = tuple(specs[k].shape[0] for k in policy_cfg.state_keys)
     action_dim = specs[policy_cfg.action_key].shape[0]
-    for name, have, want in (("state_dims", policy_cfg.state_dims, state_dims), ("action_dim", policy_cfg.action_dim, action_dim)):
+    image_shape = next(iter(image_shapes.values()), ())
+    for name, have, want in (("state_dims", policy_cfg.state_dims, state_dims), ("action_dim", policy_cfg.action_dim, action_dim), ("image_shape", policy_cfg.image_shape, image_shape)):
         if have not in ((), 0, want):
             raise StoreError(f"{store_path}: policy.{name}={have} but the store has {want} (keys {keys})")
-    policy_cfg = dataclasses.replace(policy_cfg, state_dims=state_dims, action_dim=action_dim)
-    return store, store.load(keys), policy_cfg
+    policy_cfg = dataclasses.replace(policy_cfg, state_dims=state_dims, action_dim=action_dim, image_shape=image_shape)
+    arrays: dict[str, Any] = store.load(vector_keys) | {k: store.frames(k) for k in policy_cfg.image_keys}
+    return store, arrays, policy_cfg
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------
@@ -256,7 +293,13 @@ def train(cfg: TrainConfig) -> dict:
     normalizer = Normalizer.fit(arrays, policy_cfg.normalization_modes())
     sampler = WindowSampler(arrays, store.episode_ends, window_offsets(policy_cfg))
     device = torch.device(cfg.device)
-    policy = make_policy(policy_cfg, normalizer).to(device)
+    policy = make_policy(policy_cfg, normalizer)
+    if policy_cfg.vision_backbone_weights and not cfg.resume:
+        from policies.vision import load_backbone_weights
+
+        load_backbone_weights(policy.vision, policy_cfg.vision_backbone_weights)
+        print(f"vision backbones start from {policy_cfg.vision_backbone_weights}")
+    policy = policy.to(device)
     ema = EMA(policy, power=cfg.ema_power, max_decay=cfg.ema_max_decay)
     optimizer = torch.optim.AdamW(policy.optim_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
@@ -278,10 +321,18 @@ def train(cfg: TrainConfig) -> dict:
     bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
     window_start, data_wait, samples = time.perf_counter(), 0.0, 0
     stop_at = min(cfg.stop_at or cfg.steps, cfg.steps)
+    image_batches = None
+    if policy_cfg.image_keys:  # frames stream from disk in worker processes; batch s depends only on (seed, s)
+        from data.loader import step_batch_loader
+
+        image_batches = step_batch_loader(sampler, cfg.batch_size, cfg.seed, step, stop_at, cfg.num_workers, device.type == "cuda")
     while step < stop_at:
         t0 = time.perf_counter()
-        ids = rng.integers(0, len(sampler), cfg.batch_size)
-        batch = {k: torch.from_numpy(v).to(device) for k, v in sampler.sample(ids).items()}
+        if image_batches is not None:
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(image_batches).items()}
+        else:
+            ids = rng.integers(0, len(sampler), cfg.batch_size)
+            batch = {k: torch.from_numpy(v).to(device) for k, v in sampler.sample(ids).items()}
         data_wait += time.perf_counter() - t0
         loss, metrics = policy(batch)
         optimizer.zero_grad(set_to_none=True)

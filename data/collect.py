@@ -1,10 +1,14 @@
 """Collect scripted-expert demonstrations into a zarr episode store.
 
     python -m data.collect --env metaworld/push-v3 --episodes 50 --out demos/push.zarr
+    python -m data.collect --env robosuite/Lift --episodes 50 --cameras agentview robot0_eye_in_hand --image-size 84 --out demos/lift.zarr
 
 Episode k uses env seed `seed_start + k`, so every demo is reproducible from its seed. Only successful
 episodes are kept (the expert is run until success plus `post_success_steps`, or the step limit); failures
 are dropped and counted. The store is written to a temporary directory and renamed into place at the end.
+Every observation key the env produces is recorded (state, proprio, and image_<camera> uint8 (T, H, W, 3)
+for each of --cameras, one compressed zarr chunk per frame). Episodes are appended one at a time, so
+image demos never sit in RAM all at once.
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ class CollectConfig:
     """Step limit per attempt (default: the env's)."""
     overwrite: bool = False
     """Replace an existing store at --out."""
+    cameras: tuple[str, ...] = ()
+    """Cameras to record as image_<camera> keys, e.g. corner2 (Meta-World) or agentview (robosuite)."""
+    image_size: int = 84
+    """Square image side in pixels for --cameras."""
 
 
 @dataclass
@@ -67,19 +75,31 @@ def expert_for(env_name: str):
             )
         expert = scripted_expert(task)
         return lambda env: expert.get_action(env.unwrapped.raw_obs)
+    if suite == "robosuite":
+        from envs.robosuite import scripted_expert
+
+        expert = scripted_expert(task)
+
+        def act(env):
+            if env.unwrapped._steps == 0:
+                expert.reset()
+            return expert.get_action(env.unwrapped)
+
+        return act
     raise AssertionError(suite)
 
 
 def rollout_expert(env, act, seed: int, post_success_steps: int) -> tuple[dict[str, np.ndarray], bool]:
-    """One expert episode from `seed`. Returns (episode arrays, success)."""
-    states, actions = [], []
+    """One expert episode from `seed`: every observation key plus the action, per step. Returns (arrays, success)."""
+    observations: list[dict[str, np.ndarray]] = []
+    actions = []
     obs, _ = env.reset(seed=seed)
     steps_after_success = None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
         while True:
             action = np.clip(np.asarray(act(env), dtype=np.float32), -1.0, 1.0)
-            states.append(obs["state"])
+            observations.append(obs)
             actions.append(action)
             obs, _, _, truncated, info = env.step(action)
             if steps_after_success is None and info["success"]:
@@ -88,52 +108,63 @@ def rollout_expert(env, act, seed: int, post_success_steps: int) -> tuple[dict[s
                 steps_after_success += 1
             if truncated or (steps_after_success is not None and steps_after_success >= post_success_steps):
                 break
-    episode = {"state": np.stack(states).astype(np.float32), "action": np.stack(actions).astype(np.float32)}
+    episode = {k: np.stack([o[k] for o in observations]) for k in observations[0]}
+    episode["action"] = np.stack(actions).astype(np.float32)
     return episode, steps_after_success is not None
 
 
 def collect(cfg: CollectConfig, progress: bool = True) -> tuple[EpisodeStore, CollectReport]:
     act = expert_for(cfg.env)  # fails fast on unknown envs and broken experts
-    env = make_env(cfg.env, **({"max_episode_steps": cfg.max_episode_steps} if cfg.max_episode_steps else {}))
-    max_attempts = cfg.max_attempts or 2 * cfg.episodes + 10
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise CollectionError(f"{cfg.out} already exists; pass --overwrite to replace it or choose another --out")
-    episodes: list[dict[str, np.ndarray]] = []
+    env_kwargs = {"max_episode_steps": cfg.max_episode_steps} if cfg.max_episode_steps else {}
+    if cfg.cameras:
+        env_kwargs |= {"cameras": tuple(cfg.cameras), "image_size": cfg.image_size}
+    env = make_env(cfg.env, **env_kwargs)  # an unknown camera fails here, listing the env's cameras
+    max_attempts = cfg.max_attempts or 2 * cfg.episodes + 10
     report = CollectReport([], [])
-    bar = tqdm(total=cfg.episodes, desc=f"collect {cfg.env}", disable=not progress)
-    for attempt in range(max_attempts):
-        if len(episodes) == cfg.episodes:
-            break
-        seed = cfg.seed_start + attempt
-        episode, success = rollout_expert(env, act, seed, cfg.post_success_steps)
-        if success:
-            episodes.append(episode)
-            report.kept_seeds.append(seed)
-            bar.update(1)
-        else:
-            report.dropped_seeds.append(seed)
-    bar.close()
-    env.close()
-    if len(episodes) < cfg.episodes:
-        raise CollectionError(
-            f"{cfg.env}: the scripted expert succeeded in only {len(episodes)} of {max_attempts} attempts "
-            f"(wanted {cfg.episodes}); raise --max-attempts or pick another task. Nothing was written."
-        )
+
+    def successful_episodes():
+        """Yields kept episodes one by one (the store appends each as it comes); raises if too few succeed."""
+        bar = tqdm(total=cfg.episodes, desc=f"collect {cfg.env}", disable=not progress)
+        for attempt in range(max_attempts):
+            if len(report.kept_seeds) == cfg.episodes:
+                break
+            seed = cfg.seed_start + attempt
+            episode, success = rollout_expert(env, act, seed, cfg.post_success_steps)
+            if success:
+                report.kept_seeds.append(seed)
+                bar.update(1)
+                yield episode
+            else:
+                report.dropped_seeds.append(seed)
+        bar.close()
+        if len(report.kept_seeds) < cfg.episodes:
+            raise CollectionError(
+                f"{cfg.env}: the scripted expert succeeded in only {len(report.kept_seeds)} of {max_attempts} attempts "
+                f"(wanted {cfg.episodes}); raise --max-attempts or pick another task. Nothing was written."
+            )
+
     props = env_properties(cfg.env)
-    store = write_store_atomically(
-        cfg.out,
-        episodes,
-        env_id=cfg.env,
-        fps=props["fps"],
-        source="scripted expert (data.collect)",
-        extra_attrs={
-            "episode_seeds": report.kept_seeds,
-            "dropped_seeds": report.dropped_seeds,
-            "post_success_steps": cfg.post_success_steps,
-            "success_definition": props["success_definition"],
-        },
-        overwrite=cfg.overwrite,
-    )
+    try:
+        store = write_store_atomically(
+            cfg.out,
+            successful_episodes(),
+            env_id=cfg.env,
+            fps=props["fps"],
+            source="scripted expert (data.collect)",
+            extra_attrs=lambda: {
+                "episode_seeds": report.kept_seeds,
+                "dropped_seeds": report.dropped_seeds,
+                "post_success_steps": cfg.post_success_steps,
+                "success_definition": props["success_definition"],
+                "cameras": list(cfg.cameras),
+                "image_size": cfg.image_size if cfg.cameras else None,
+            },
+            overwrite=cfg.overwrite,
+        )
+    finally:
+        env.close()
     return store, report
 
 

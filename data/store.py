@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from zarr.storage import LocalStore
 SCHEMA_VERSION = 1
 REQUIRED_ATTRS = ("schema_version", "env_id", "fps", "source")
 LOWDIM_CHUNK_STEPS = 10_000
-IMAGE_CHUNK_STEPS = 4
+IMAGE_CHUNK_STEPS = 1  # one compressed chunk per frame: random window reads touch only the frames they need
 _SCAN_BLOCK_VALUES = 4_000_000  # validate() reads float arrays in blocks of about this many values
 _ALLOWED_DTYPE_KINDS = "biuf"  # bool, signed/unsigned int, float
 
@@ -299,6 +299,14 @@ class EpisodeStore:
             raise KeyError(f"{self.path}: unknown data keys {unknown}; available keys {self.keys}")
         return {k: self._read(k, 0, self.n_steps) for k in keys}
 
+    def frames(self, key: str):
+        """A lazy view of an image key's committed steps: indexing reads only the frames asked for."""
+        from data.loader import LazyFrames
+
+        if key not in self._arrays:
+            raise KeyError(f"{self.path}: unknown data key {key!r}; available keys {self.keys}")
+        return LazyFrames(self._arrays[key], self.n_steps, f"{self.path}/data/{key}")
+
     def _read(self, key: str, start: int, end: int) -> np.ndarray:
         try:
             return self._arrays[key][start:end]
@@ -385,11 +393,13 @@ def write_store_atomically(
     env_id: str,
     fps: float,
     source: str,
-    extra_attrs: dict[str, Any] | None = None,
+    extra_attrs: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     overwrite: bool = False,
 ) -> EpisodeStore:
     """Write a whole store in a temp sibling directory, then rename it into place.
 
+    ``episodes`` may be a generator: each episode is appended as it is produced, so only one is in RAM.
+    ``extra_attrs`` may be a callable, evaluated after the last episode (e.g. seeds known only then).
     On any exception the temp directory is removed and ``path`` is left untouched.
     Returns the finished store opened read-only.
     """
@@ -399,9 +409,11 @@ def write_store_atomically(
     tag = f"{os.getpid()}-{secrets.token_hex(4)}"
     tmp = path.with_name(f"{path.name}.tmp-{tag}")
     try:
-        store = EpisodeStore.create(tmp, env_id=env_id, fps=fps, source=source, extra_attrs=extra_attrs)
+        store = EpisodeStore.create(tmp, env_id=env_id, fps=fps, source=source, extra_attrs=None if callable(extra_attrs) else extra_attrs)
         for episode in episodes:
             store.append_episode(episode)
+        if callable(extra_attrs):
+            store._root.attrs.update(_root_attrs(tmp, env_id=env_id, fps=fps, source=source, extra_attrs=extra_attrs()))
         old = _move_into_place(tmp, path, tag, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

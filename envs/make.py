@@ -1,4 +1,8 @@
-"""One entry point for environments: `make_env("metaworld/push-v3")` and its vectorized form."""
+"""One entry point for environments: `make_env("metaworld/push-v3")`, `make_env("robosuite/Lift")`, and the vectorized form.
+
+Every env takes `max_episode_steps`, `terminate_on_success`, `render_mode` (videos) and `cameras` /
+`image_size` (image observations `image_<camera>`), and reports `info["success"]` every step.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Any
 
 import gymnasium as gym
 
-SUITES = ("metaworld",)
+SUITES = ("metaworld", "robosuite")
 
 
 def split_env_name(name: str) -> tuple[str, str]:
@@ -22,6 +26,10 @@ def split_env_name(name: str) -> tuple[str, str]:
         from envs.metaworld import check_task
 
         check_task(task)
+    if suite == "robosuite":
+        from envs.robosuite import check_task
+
+        check_task(task)
     return suite, task
 
 
@@ -31,21 +39,38 @@ def make_env(name: str, **kwargs: Any) -> gym.Env:
         from envs.metaworld import MetaWorldEnv
 
         return MetaWorldEnv(task, **kwargs)
+    if suite == "robosuite":
+        from envs.robosuite import RobosuiteEnv
+
+        return RobosuiteEnv(task, **kwargs)
     raise AssertionError(suite)
 
 
 def env_properties(name: str) -> dict[str, Any]:
     """Static facts about an env: fps, episode limit and how success is defined."""
-    suite, _ = split_env_name(name)
+    suite, task = split_env_name(name)
     if suite == "metaworld":
         from envs import metaworld
 
         return {"fps": metaworld.FPS, "max_episode_steps": metaworld.MAX_EPISODE_STEPS, "success_definition": metaworld.SUCCESS_DEFINITION}
+    if suite == "robosuite":
+        from envs import robosuite
+
+        return {"fps": robosuite.FPS, "max_episode_steps": robosuite.MAX_EPISODE_STEPS[task], "success_definition": robosuite.SUCCESS_DEFINITION}
     raise AssertionError(suite)
 
 
+def policy_env_kwargs(config: Any) -> dict[str, Any]:
+    """The env options a policy's observations need: its cameras, rendered at its image size."""
+    from envs.cameras import camera_of
+
+    if not getattr(config, "image_keys", ()):
+        return {}
+    return {"cameras": tuple(camera_of(k) for k in config.image_keys), "image_size": int(config.image_shape[0])}
+
+
 @contextlib.contextmanager
-def _spawn_without_main_module() -> Iterator[None]:
+def spawn_without_main_module() -> Iterator[None]:
     """Start spawned workers without re-importing the parent's __main__ script.
 
     multiprocessing's spawn imports the main script (train.py, eval.py, ...) in every worker, and with
@@ -67,7 +92,7 @@ def _spawn_without_main_module() -> Iterator[None]:
 
 def async_vector_env(fns: list) -> gym.vector.VectorEnv:
     """AsyncVectorEnv over spawned workers (safe with MuJoCo), autoreset off."""
-    with _spawn_without_main_module():
+    with spawn_without_main_module():
         return gym.vector.AsyncVectorEnv(fns, context="spawn", autoreset_mode=gym.vector.AutoresetMode.DISABLED)
 
 

@@ -6,7 +6,9 @@ reset with a seed draws a fresh initial state (object and goal positions) from t
 reset space, using only that seed: episode `s` is the same on every machine and in every process.
 This is the goal-observable protocol used by the DP3 paper.
 
-Observation: `{"state": float32 (39,)}`. Action: float32 (4,) in [-1, 1].
+Observation: `{"state": float32 (39,), "proprio": float32 (4,)}` (proprio = hand position and gripper
+opening, the first 4 state entries), plus `image_<camera>` uint8 (H, W, 3) for each of `cameras`.
+Action: float32 (4,) in [-1, 1].
 Success definition: Meta-World's `info["success"]` at any step of the episode.
 """
 
@@ -20,11 +22,14 @@ import mujoco
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
+from envs.cameras import CameraRenderer, upside_down
+
 SUCCESS_DEFINITION = 'Meta-World info["success"] == 1 at any step of the episode'
 STATE_DIM = 39
 ACTION_DIM = 4
 MAX_EPISODE_STEPS = 500
 FPS = 80  # Meta-World's render_fps metadata
+PROPRIO_DIM = 4
 
 # Expert that ships with Meta-World and never succeeds in v3 (measured: 0/10 and more).
 BROKEN_EXPERTS = {"hand-insert-v3": "its scripted expert in metaworld 3.1 never reaches success"}
@@ -65,6 +70,8 @@ class MetaWorldEnv(gym.Env):
         camera_name: str = "corner2",
         width: int = 256,
         height: int = 256,
+        cameras: tuple[str, ...] = (),
+        image_size: int = 84,
     ) -> None:
         check_task(task)
         if not 1 <= max_episode_steps <= MAX_EPISODE_STEPS:
@@ -80,11 +87,16 @@ class MetaWorldEnv(gym.Env):
         env._set_task_called = True
         env._freeze_rand_vec = False
         env.seeded_rand_vec = True  # draw initial states from env.np_random, which reset(seed) pins
-        if render_mode is not None:
+        if render_mode is not None or cameras:
             make_fast_renderable(env.model)
         self._env = env
+        self._cameras = CameraRenderer(env.model, tuple(cameras), image_size, f"metaworld/{task}") if cameras else None
         self.observation_space = gym.spaces.Dict(
-            {"state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)}
+            {
+                "state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
+                "proprio": gym.spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32),
+                **(self._cameras.spaces() if self._cameras else {}),
+            }
         )
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
         self._steps = 0
@@ -103,7 +115,7 @@ class MetaWorldEnv(gym.Env):
         self._steps = 0
         self._raw_obs = obs
         info = {"success": False, "init_state": np.asarray(self._env._last_rand_vec, dtype=np.float64).copy()}
-        return {"state": obs.astype(np.float32)}, info
+        return self._observation(obs), info
 
     def step(self, action: np.ndarray):
         action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
@@ -113,17 +125,26 @@ class MetaWorldEnv(gym.Env):
         success = bool(info["success"])
         terminated = success and self.terminate_on_success
         truncated = self._steps >= self.max_episode_steps
-        return {"state": obs.astype(np.float32)}, float(reward), terminated, truncated, {"success": success}
+        return self._observation(obs), float(reward), terminated, truncated, {"success": success}
+
+    def _observation(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        state = obs.astype(np.float32)
+        out = {"state": state, "proprio": state[:PROPRIO_DIM].copy()}
+        if self._cameras is not None:
+            out |= self._cameras.render(self._env.data)
+        return out
 
     def render(self) -> np.ndarray | None:
         if self.render_mode is None:
             return None
         frame = self._env.render()
-        if self.camera_name in ("corner", "corner2"):
-            frame = frame[::-1]  # these cameras render upside down
+        if upside_down(self._env.model, self._env.data, self.camera_name):
+            frame = frame[::-1, ::-1]  # a camera rolled by 180 degrees (the corner ones): rotate back
         return np.ascontiguousarray(frame)
 
     def close(self) -> None:
+        if self._cameras is not None:
+            self._cameras.close()
         self._env.close()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs.make import env_properties, make_vector_env
+from envs.make import env_properties, make_vector_env, policy_env_kwargs
 
 
 @dataclass
@@ -64,7 +64,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
 
 
 def _to_tensor_obs(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in obs.items()}
+    """Float observations as float32; uint8 images stay uint8 (the camera encoders require it)."""
+    return {k: torch.as_tensor(v, dtype=torch.uint8 if v.dtype == np.uint8 else torch.float32, device=device) for k, v in obs.items()}
 
 
 @torch.no_grad()
@@ -93,7 +94,7 @@ def evaluate(
     if own_envs:
         n_envs = max(1, min(n_envs, n_episodes))
         n_videos = min(n_videos, n_envs) if video_dir is not None else 0
-        envs = make_eval_envs(env_name, n_envs, max_steps, n_videos, video_size)
+        envs = make_eval_envs(env_name, n_envs, max_steps, n_videos, video_size, **policy_env_kwargs(getattr(policy, "config", None)))
     else:
         n_envs, n_videos = envs.num_envs, 0
     device = next(policy.parameters()).device
@@ -151,10 +152,13 @@ def evaluate(
     )
 
 
-def make_eval_envs(env_name: str, n_envs: int, max_episode_steps: int, n_videos: int = 0, video_size: int = 256):
-    """The vector env `evaluate` runs in: terminate on success, the first `n_videos` envs render."""
+def make_eval_envs(env_name: str, n_envs: int, max_episode_steps: int, n_videos: int = 0, video_size: int = 256, **env_kwargs):
+    """The vector env `evaluate` runs in: terminate on success, the first `n_videos` envs render.
+
+    `env_kwargs`: e.g. the cameras an image policy reads (`envs.make.policy_env_kwargs`).
+    """
     per_env = [{"render_mode": "rgb_array", "width": video_size, "height": video_size} if i < n_videos else {} for i in range(n_envs)]
-    return make_vector_env(env_name, n_envs, per_env_kwargs=per_env, max_episode_steps=max_episode_steps, terminate_on_success=True)
+    return make_vector_env(env_name, n_envs, per_env_kwargs=per_env, max_episode_steps=max_episode_steps, terminate_on_success=True, **env_kwargs)
 
 
 def _write_videos(frames: list[list[np.ndarray]], directory: Path, seeds: list[int], success: np.ndarray, fps: int) -> list[str]:

@@ -31,6 +31,7 @@ from core.io import (
     read_json,
 )
 from data.normalize import Normalizer
+from policies.vision import MultiCameraEncoder
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -46,7 +47,7 @@ def window_offsets(config: Any) -> dict[str, list[int]]:
     Observations cover t-n_obs_steps+1 .. t; actions cover the same start and run `horizon` steps.
     """
     first = 1 - config.n_obs_steps
-    offsets = {key: list(range(first, 1)) for key in config.state_keys}
+    offsets = {key: list(range(first, 1)) for key in config.obs_keys}
     offsets[config.action_key] = list(range(first, first + config.action_window))
     return offsets
 
@@ -63,11 +64,18 @@ class Policy(nn.Module):
             _REGISTRY[cls.policy_type] = cls
 
     def __init__(self, config: Any, normalizer: Normalizer) -> None:
-        if not config.state_dims or config.action_dim < 1:
+        if (config.state_keys and not config.state_dims) or config.action_dim < 1:
             raise ValueError(f"{type(config).__name__}.state_dims and action_dim must be set (train.py fills them from the store)")
+        if config.image_keys and not config.image_shape:
+            raise ValueError(f"{type(config).__name__}.image_shape must be set for image keys {config.image_keys} (train.py fills it from the store)")
         super().__init__()
         self.config = config
         self.normalizer = normalizer
+        self.vision: MultiCameraEncoder | None = None
+        if config.image_keys:
+            self.vision = MultiCameraEncoder(
+                config.image_keys, tuple(config.image_shape), config.resolved_crop_shape, config.vision_keypoints, config.vision_feature_dim
+            )
         self._obs_history: deque[dict[str, torch.Tensor]] = deque(maxlen=config.n_obs_steps)
         self._action_queue: deque[torch.Tensor] = deque()
 
@@ -92,7 +100,7 @@ class Policy(nn.Module):
         Plans a chunk when the queue is empty and executes its steps n_obs_steps-1 ..
         n_obs_steps-1+n_action_steps-1, the ones aligned with now and the future.
         """
-        obs = {k: obs[k] for k in self.config.state_keys}
+        obs = {k: obs[k] for k in self.config.obs_keys}
         if not self._obs_history:  # episode start: repeat the first observation, like the sampler's padding
             self._obs_history.extend([obs] * self.config.n_obs_steps)
         else:
@@ -103,6 +111,17 @@ class Policy(nn.Module):
             start = self.config.n_obs_steps - 1
             self._action_queue.extend(chunk[:, start : start + self.config.n_action_steps].unbind(dim=1))
         return self._action_queue.popleft()
+
+    def normalize_obs(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Env-unit observations -> normalized state keys; images pass through (the encoder scales them)."""
+        return {k: self.normalizer.normalize(k, obs[k]) for k in self.config.state_keys} | {k: obs[k] for k in self.config.image_keys}
+
+    def obs_window_features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalized obs window per key -> per-step features (B, n_obs_steps, obs_feature_dim): states, then cameras."""
+        parts = [self.state_window(obs)] if self.config.state_keys else []
+        if self.vision is not None:
+            parts.append(self.vision({k: obs[k] for k in self.config.image_keys}))
+        return torch.cat(parts, dim=-1)
 
     def state_window(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalized obs window per key (B, n_obs_steps, dim) -> concatenated (B, n_obs_steps, state_dim)."""

@@ -20,13 +20,52 @@ class PolicyIOConfig:
     action_norm: str = "min_max"
     """Normalization of actions; min_max keeps actions in the [-1, 1] range the policies clip to."""
 
+    # --- cameras (empty image_keys: a state-only policy) ---
+    image_keys: tuple[str, ...] = ()
+    """Camera keys in the store and in env observations, uint8 (H, W, C) per step, e.g. image_corner2."""
+    image_shape: tuple[int, ...] = ()
+    """(H, W, C) shared by every image key (train.py fills it from the store)."""
+    crop_shape: tuple[int, ...] = ()
+    """(h, w) random crop in training and center crop at inference; empty: about 90% of each side."""
+    vision_keypoints: int = 32
+    """Spatial-softmax keypoints per camera."""
+    vision_feature_dim: int = 64
+    """Features per camera after the linear layer."""
+    vision_backbone_weights: str | None = None
+    """Local ResNet-18 weights (.pth state dict or .safetensors) to start from; None trains from scratch.
+    Read once when training starts; checkpoints carry the trained weights."""
+
     def __post_init__(self) -> None:
         if len(self.state_dims) not in (0, len(self.state_keys)):
             raise ValueError(f"state_dims {self.state_dims} must give one size per state key {self.state_keys}")
+        if not self.state_keys and not self.image_keys:
+            raise ValueError("a policy needs at least one state key or image key")
+        if self.image_shape and (len(self.image_shape) != 3 or self.image_shape[2] != 3):
+            raise ValueError(f"image_shape {self.image_shape} must be (H, W, 3)")
+        if self.crop_shape and len(self.crop_shape) != 2:
+            raise ValueError(f"crop_shape {self.crop_shape} must be (h, w)")
+        if self.crop_shape and self.image_shape and any(c > s for c, s in zip(self.crop_shape, self.image_shape)):
+            raise ValueError(f"crop_shape {self.crop_shape} is larger than image_shape {self.image_shape}")
 
     @property
     def state_dim(self) -> int:
         return sum(self.state_dims)
+
+    @property
+    def obs_keys(self) -> tuple[str, ...]:
+        """Every observation key the policy reads: state keys, then image keys."""
+        return (*self.state_keys, *self.image_keys)
+
+    @property
+    def resolved_crop_shape(self) -> tuple[int, int]:
+        if self.crop_shape:
+            return (self.crop_shape[0], self.crop_shape[1])
+        return (round(0.9 * self.image_shape[0]), round(0.9 * self.image_shape[1]))
+
+    @property
+    def obs_feature_dim(self) -> int:
+        """Features per observation step: the state vector plus `vision_feature_dim` per camera."""
+        return self.state_dim + len(self.image_keys) * self.vision_feature_dim
 
     def normalization_modes(self) -> dict[str, str]:
         return {k: self.state_norm for k in self.state_keys} | {self.action_key: self.action_norm}
@@ -34,6 +73,12 @@ class PolicyIOConfig:
 
 # Fields that a policy wrapping a frozen base (DSRL, residual) copies from the base's config.
 WRAPPED_BASE_FIELDS = ("state_keys", "state_dims", "action_key", "action_dim", "state_norm", "action_norm", "n_obs_steps", "horizon", "n_action_steps")
+
+
+def require_state_only(config: object, what: str) -> None:
+    """RL wrappers read flat state features; refuse image bases with a clear message."""
+    if getattr(config, "image_keys", ()):
+        raise ValueError(f"{what} supports state-only base policies; this base reads cameras {config.image_keys}")
 
 
 def base_fields(base_config: object) -> dict:

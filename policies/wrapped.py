@@ -30,7 +30,7 @@ from policies.base import (
     Policy,
     load_state_dict_strict,
 )
-from policies.io_config import WRAPPED_BASE_FIELDS
+from policies.io_config import WRAPPED_BASE_FIELDS, require_state_only
 
 BASE_DIR = "base"
 
@@ -46,6 +46,7 @@ class FrozenBasePolicy(Policy):
 
     @classmethod
     def check_base(cls, config: Any, base: Policy) -> None:
+        require_state_only(base.config, f"{cls.policy_type} wrapping")
         diff = {f: (getattr(config, f), getattr(base.config, f)) for f in WRAPPED_BASE_FIELDS if getattr(config, f) != getattr(base.config, f)}
         if diff:
             raise CheckpointError(f"{cls.policy_type} config does not match its base: " + "; ".join(f"{k}: {a!r} vs base {b!r}" for k, (a, b) in diff.items()))

@@ -1,7 +1,7 @@
-"""Diffusion Policy (Chi et al. 2023), state observations, action chunking.
+"""Diffusion Policy (Chi et al. 2023): state and camera observations, action chunking.
 
 Training: DDPM noise prediction on normalized action chunks, conditioned on the flattened normalized
-observation window. Inference: DDIM (default, deterministic given the initial noise) or DDPM.
+observation window (states plus `policies.vision` camera features). Inference: DDIM (default, deterministic given the initial noise) or DDPM.
 `predict_action_chunk(obs, noise)` takes an explicit initial latent: DSRL steers the policy through it.
 """
 
@@ -28,7 +28,7 @@ class DiffusionPolicy(Policy):
         super().__init__(config, normalizer)
         self.unet = ConditionalUnet1D(
             action_dim=config.action_dim,
-            global_cond_dim=config.state_dim * config.n_obs_steps,
+            global_cond_dim=config.obs_feature_dim * config.n_obs_steps,
             down_dims=config.down_dims,
             kernel_size=config.kernel_size,
             n_groups=config.n_groups,
@@ -50,14 +50,14 @@ class DiffusionPolicy(Policy):
 
     # ---- conditioning ----------------------------------------------------------------------------
     def global_cond(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Normalized observation window (B, n_obs_steps, ...) per key -> (B, n_obs_steps * state_dim)."""
-        return rearrange(self.state_window(obs), "b t d -> b (t d)")
+        """Normalized observation window (B, n_obs_steps, ...) per key -> (B, n_obs_steps * obs_feature_dim)."""
+        return rearrange(self.obs_window_features(obs), "b t d -> b (t d)")
 
     # ---- training --------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         batch = self.normalizer.normalize_batch(batch)
-        cond = self.global_cond({k: batch[k][:, : cfg.n_obs_steps] for k in cfg.state_keys})
+        cond = self.global_cond({k: batch[k][:, : cfg.n_obs_steps] for k in cfg.obs_keys})
         actions = batch[cfg.action_key]
         noise = torch.randn_like(actions)
         timesteps = torch.randint(0, cfg.num_train_timesteps, (actions.shape[0],), device=actions.device)
@@ -95,8 +95,7 @@ class DiffusionPolicy(Policy):
     @torch.no_grad()
     def predict_action_chunk(self, obs: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
-        normalized = {k: self.normalizer.normalize(k, obs[k]) for k in cfg.state_keys}
-        cond = self.global_cond(normalized)
+        cond = self.global_cond(self.normalize_obs(obs))
         shape = self.noise_shape(cond.shape[0])
         if noise is None:
             noise = torch.randn(shape, device=cond.device, dtype=cond.dtype)

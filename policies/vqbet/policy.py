@@ -11,8 +11,8 @@ queries for times t+1..t+P. Every token predicts the chunk starting at its own t
 observations up to their time: the GPT is causal). Token j's chunk starts at window position j, so a
 training window needs n+P+C-1 actions.
 
-Observation tokens are built from every key in `state_keys` concatenated per step; image keys would add
-one encoder per camera feeding the same token (no single-camera limit in the token layout).
+Observation tokens are built per step from every key in `state_keys` plus one `policies.vision` encoder
+per camera in `image_keys`, concatenated and projected to the GPT width.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class VQBeTPolicy(Policy):
             c.vq_ema_decay, c.vq_dead_code_threshold, c.vq_commitment_weight,
         )
         self.register_buffer("vq_steps_done", torch.zeros((), dtype=torch.long))
-        self.obs_proj = nn.Linear(c.state_dim, c.gpt_dim)
+        self.obs_proj = nn.Linear(c.obs_feature_dim, c.gpt_dim)
         self.action_queries = nn.Parameter(torch.randn(c.n_action_pred_token, c.gpt_dim) * 0.02)
         self.pos_emb = nn.Parameter(torch.randn(c.n_obs_steps + c.n_action_pred_token, c.gpt_dim) * 0.02)
         layer = nn.TransformerEncoderLayer(
@@ -87,7 +87,7 @@ class VQBeTPolicy(Policy):
     # ---- network ---------------------------------------------------------------------------------
     def features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalized obs window per key (B, n_obs_steps, d) -> token features (B, n_obs_steps + P, gpt_dim)."""
-        tokens = self.obs_proj(self.state_window(obs))
+        tokens = self.obs_proj(self.obs_window_features(obs))
         queries = self.action_queries.expand(tokens.shape[0], -1, -1)
         return self.gpt(torch.cat([tokens, queries], dim=1) + self.pos_emb, mask=self.causal_mask, is_causal=True)
 
@@ -122,7 +122,7 @@ class VQBeTPolicy(Policy):
                 metrics["log_now"] = True
             return loss, {"loss": loss.item(), "phase": 1.0, **metrics}
         self.rvq.eval().requires_grad_(False)
-        feats = self.features({k: batch[k][:, : c.n_obs_steps] for k in c.state_keys}).flatten(0, 1)
+        feats = self.features({k: batch[k][:, : c.n_obs_steps] for k in c.obs_keys}).flatten(0, 1)
         codes = self.rvq.encode(chunks)
         primary = focal_loss(self.primary_head(feats), codes[:, 0], c.focal_gamma)
         secondary = focal_loss(self.secondary_logits(feats, codes[:, 0]), codes[:, 1], c.focal_gamma)
@@ -145,8 +145,7 @@ class VQBeTPolicy(Policy):
             raise ValueError("VQ-BeT samples discrete codes and takes no initial noise; pass noise=None")
         self.check_ready()
         c = self.config
-        normalized = {k: self.normalizer.normalize(k, obs[k]) for k in c.state_keys}
-        feats = self.features(normalized)
+        feats = self.features(self.normalize_obs(obs))
         batch, n_tok = feats.shape[:2]
         feats = feats.flatten(0, 1)
         primary = self.sample_codes(self.primary_head(feats))

@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.make import async_vector_env, make_env
+from policies.io_config import require_state_only
 
 
 class ChunkedEnv(gym.Env):
@@ -77,6 +78,7 @@ def make_chunked_vector_env(env_name: str, n_envs: int, n_obs_steps: int, n_acti
 
 def check_policy_matches_env(config: Any, env_name: str, where: str) -> None:
     """Fail before any rollout when the policy's observation keys/sizes or action size differ from the env's."""
+    require_state_only(config, where)
     env = make_env(env_name)
     try:
         obs_space, act_space = env.observation_space, env.action_space
@@ -97,6 +99,6 @@ def check_policy_matches_env(config: Any, env_name: str, where: str) -> None:
 def to_torch_obs(obs: dict[str, np.ndarray]) -> dict[str, Any]:
     import torch
 
-    return {k: torch.as_tensor(v, dtype=torch.float32) for k, v in obs.items()}
+    return {k: torch.as_tensor(v, dtype=torch.float32) for k, v in obs.items()}  # state-only (require_state_only)
 
 

@@ -68,6 +68,7 @@ def step_batch_loader(sampler: WindowSampler, batch_size: int, seed: int, start_
         prefetch_factor=4 if num_workers else None,
         persistent_workers=num_workers > 0,
         multiprocessing_context="spawn" if num_workers else None,  # zarr's IO threads do not survive fork
+        generator=torch.Generator().manual_seed(seed),  # worker seeds must not draw from (and shift) the global torch RNG
     )
     with spawn_without_main_module():
         iterator = iter(loader)

@@ -8,3 +8,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# robosuite 1.5.2 pins mink==0.0.5 (which downgrades numpy to 1.x) and pulls pynput/evdev (keyboard teleop,
+# compiled against kernel headers). Our envs use neither, so install robosuite alone; its runtime
+# dependencies are in pyproject.toml.
+.venv/bin/python -m pip install --quiet --no-deps "robosuite==1.5.2"

@@ -93,7 +93,7 @@ def test_round_trip(store_path: Path, episodes: list[dict[str, np.ndarray]]) -> 
 def test_layout_and_chunks(store_path: Path) -> None:
     root = raw_group(store_path)
     assert root["meta/episode_ends"].dtype == np.int64
-    assert root["data/image"].chunks == (4, 8, 8, 3)
+    assert root["data/image"].chunks == (1, 8, 8, 3)  # one chunk per frame
     assert root["data/obs"].chunks[0] >= 1000
 
 

@@ -156,3 +156,22 @@ def test_bad_image_inputs_fail_clearly(tmp_path, camera_demos):
         train.load_training_data(camera_demos, DiffusionConfig(state_keys=("proprio",), image_keys=("image_corner2",), image_shape=(84, 84, 3)))
     with pytest.raises(StoreError, match=r"'image_corner2' has per-step shape \(40, 40, 3\); expected a 1-D vector"):
         train.load_training_data(camera_demos, DiffusionConfig(state_keys=("image_corner2",)))
+
+
+def test_format_1_checkpoints_load_as_state_only_with_the_same_fingerprint(tmp_path, tiny_dp_checkpoint):
+    import shutil
+
+    policy = Policy.from_pretrained(tiny_dp_checkpoint)
+    old = tmp_path / "v1"
+    shutil.copytree(tiny_dp_checkpoint, old)
+    payload = json.loads((old / "config.json").read_text())
+    for field in ("image_keys", "image_shape", "crop_shape", "vision_keypoints", "vision_feature_dim", "vision_backbone_weights"):
+        del payload["config"][field]
+    (old / "config.json").write_text(json.dumps({**payload, "format_version": 1}))
+    loaded = Policy.from_pretrained(old)
+    assert loaded.config.image_keys == () and loaded.vision is None
+    assert loaded.fingerprint() == policy.fingerprint()  # RL wrappers saved against format-1 bases still load
+    payload["format_version"] = 7
+    (old / "config.json").write_text(json.dumps(payload))
+    with pytest.raises(Exception, match="format_version 7, this code reads 1 and 2"):
+        Policy.from_pretrained(old)

@@ -81,8 +81,8 @@ def build_store(path: Path, gigabytes: float) -> dict:
     from envs.make import make_env
 
     frame_bytes = 84 * 84 * 3
-    n_frames = int(gigabytes * 1e9 // frame_bytes)
     episode_len = 500
+    n_frames = int(gigabytes * 1e9 // frame_bytes) // episode_len * episode_len  # whole episodes
     if path.exists():
         store = EpisodeStore.open(path)
         if store.n_steps >= n_frames:
@@ -105,7 +105,7 @@ def build_store(path: Path, gigabytes: float) -> dict:
         images = np.roll(base, shift=e % 84, axis=2)
         store.append_episode({"image_corner2": images, "proprio": rng.normal(size=(episode_len, 4)).astype(np.float32), "action": rng.uniform(-1, 1, (episode_len, 4)).astype(np.float32)})
     os.rename(tmp, path)
-    return {"frames": (n_frames // episode_len) * episode_len, "written_s": time.perf_counter() - start}
+    return {"frames": n_frames, "written_s": time.perf_counter() - start}
 
 
 def du(path: Path) -> int:

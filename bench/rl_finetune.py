@@ -190,7 +190,7 @@ def main() -> None:
         plot(curves, args.task, aggregates[0]["base_success"], args.out.with_suffix(".png"))
     write_results(
         args.out, "rl_finetune",
-        f"metaworld/{args.task}; base {base}; env-step budgets {[args.total_env_steps or METHODS[m][1] for m in args.methods]}; eval: 50 episodes "
+        f"metaworld/{args.task}; base {base}; env steps run {({a['method']: a['env_steps'] for a in aggregates})}; eval: 50 episodes "
         "(seeds 100000+), 100-step limit, success = Meta-World info['success'] at any step; band = pooled Wilson 95% CI over seeds",
         all_rows, aggregates=aggregates, curves=curves, extra_args=list(args.extra),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import tyro
@@ -43,6 +44,12 @@ class EvalConfig:
     """torch device."""
     num_inference_steps: int | None = None
     """Override the diffusion denoising steps (default: the checkpoint's)."""
+    latency_ms: float | None = None
+    """Run through the deployment executor with this simulated observation-to-action delay (docs/deploy.md)."""
+    executor: Literal["prefetch", "sync"] = "prefetch"
+    """With --latency-ms: prefetch (time-aligned chunks, asks ahead by the measured latency) or sync (ask, hold, execute)."""
+    stitch: Literal["latest", "blend", "ensemble"] = "latest"
+    """With --latency-ms: how overlapping chunks combine."""
 
 
 def env_of_run(ckpt: Path) -> str | None:
@@ -65,13 +72,30 @@ def main() -> None:
     env = cfg.env or env_of_run(ckpt)
     if env is None:
         raise SystemExit(f"error: {ckpt} is not inside a run dir with train_config.json; pass --env")
-    video_dir = ckpt / "videos" if cfg.video else None
-    result = evaluate(
-        policy, env, cfg.episodes, seed_start=cfg.seed_start, n_envs=cfg.n_envs,
-        max_episode_steps=cfg.max_episode_steps, video_dir=video_dir, n_videos=cfg.video,
-    )
-    out = cfg.out or ckpt / f"eval_{cfg.episodes}ep_seed{cfg.seed_start}.json"
-    atomic_write_json(out, {"checkpoint": str(ckpt), "policy_type": policy.policy_type, "num_inference_steps": cfg.num_inference_steps, "torch": torch.__version__, **result.to_dict()})
+    record = {"checkpoint": str(ckpt), "policy_type": policy.policy_type, "num_inference_steps": cfg.num_inference_steps, "torch": torch.__version__}
+    if cfg.latency_ms is not None:
+        from deploy.sim import evaluate_with_latency
+
+        if cfg.video:
+            raise SystemExit("error: --video is not supported with --latency-ms")
+        latency = evaluate_with_latency(
+            policy, env, cfg.episodes, cfg.latency_ms, cfg.executor, cfg.stitch, seed_start=cfg.seed_start, n_envs=cfg.n_envs,
+            max_episode_steps=cfg.max_episode_steps,
+        )
+        result, record = latency.result, record | latency.to_dict()
+        tag = f"_latency{cfg.latency_ms:g}ms_{cfg.executor}"
+        print(f"latency {cfg.latency_ms:g} ms ({latency.latency_ticks} ticks), executor {cfg.executor}, stitch {cfg.stitch}: "
+              f"{latency.hold_fraction:.1%} of commands were holds, {latency.stale_dropped_per_episode:.1f} stale actions dropped per episode")
+    else:
+        video_dir = ckpt / "videos" if cfg.video else None
+        result = evaluate(
+            policy, env, cfg.episodes, seed_start=cfg.seed_start, n_envs=cfg.n_envs,
+            max_episode_steps=cfg.max_episode_steps, video_dir=video_dir, n_videos=cfg.video,
+        )
+        record |= result.to_dict()
+        tag = ""
+    out = cfg.out or ckpt / f"eval_{cfg.episodes}ep_seed{cfg.seed_start}{tag}.json"
+    atomic_write_json(out, record)
     print(result.summary())
     print(f"success definition: {result.success_definition}")
     for path in result.videos:

@@ -95,10 +95,11 @@ class ExecutorConfig:
         safety = overrides.pop("safety", None) or SafetyLimits(
             low=tuple(spec["low"]) if spec.get("low") else None, high=tuple(spec["high"]) if spec.get("high") else None
         )
-        return cls(
-            fps=float(metadata["fps"]), n_obs_steps=int(metadata["n_obs_steps"]), n_action_steps=int(metadata["n_action_steps"]),
-            action_dim=int(spec["dim"]), safety=safety, **overrides,
-        )
+        fields = {
+            "fps": float(metadata["fps"]), "n_obs_steps": int(metadata["n_obs_steps"]), "n_action_steps": int(metadata["n_action_steps"]),
+            "action_dim": int(spec["dim"]), "safety": safety,
+        }
+        return cls(**(fields | overrides))
 
 
 @dataclass

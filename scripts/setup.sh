@@ -12,3 +12,6 @@ fi
 # compiled against kernel headers). Our envs use neither, so install robosuite alone; its runtime
 # dependencies are in pyproject.toml.
 .venv/bin/python -m pip install --quiet --no-deps "robosuite==1.5.2"
+# openpi-client (tests check wire compatibility with it) declares numpy<2 but runs with numpy 2; its
+# websocket client needs only msgpack and websockets, which pyproject.toml installs.
+.venv/bin/python -m pip install --quiet --no-deps "openpi-client==0.1.2"

@@ -173,11 +173,17 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":  # python -m bench.images --child '<json args>'
         print(json.dumps(stream_and_measure(**json.loads(sys.argv[2]))))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--child-render":
+        torch.set_num_threads(1)
+        print(json.dumps(render_rows()))
+        return
     args = tyro.cli(Args)
     torch.set_num_threads(1)
     rows: list[dict] = []
     if "render" in args.parts:
-        rows += render_rows()
+        # in a child process: an EGL context left in this one crashed a later torch step (segfault in Mesa's libLLVM)
+        proc = subprocess.run([sys.executable, "-m", "bench.images", "--child-render"], capture_output=True, text=True, check=True)
+        rows += json.loads(proc.stdout.strip().splitlines()[-1])
         print_table([r for r in rows if r["part"] == "render"], ["env", "camera", "size", "env_steps_per_s", "render_ms_per_frame"])
     if "memory" in args.parts or "sampling" in args.parts:
         built = build_store(args.store, args.store_gb)

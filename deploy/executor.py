@@ -166,14 +166,22 @@ class ChunkExecutor:
         overlap (simulated clocks and `run_realtime` with one client per slot).
         """
         c = self.config
-        if len(self._in_flight) >= (1 if c.mode == "sync" else c.max_in_flight):
+        sync = self.acting_sync
+        if len(self._in_flight) >= (1 if sync else c.max_in_flight):
             return False
         if self._last_request_tick is None:
             return True
-        if c.mode == "sync":
+        if sync:
             newest = self._chunks[-1] if self._chunks else None
             return newest is not None and tick >= newest.start_tick + len(newest.actions)
         return tick >= self._last_request_tick + self.request_period
+
+    @property
+    def acting_sync(self) -> bool:
+        """Sync mode, or prefetch once the measured latency is as long as a whole reply: then every action
+        would arrive stale, and acting on old plans while the arm keeps moving is worse than holding for a
+        fresh one (measured: bench/deploy.py, 200 ms)."""
+        return self.config.mode == "sync" or (self._reply_len is not None and self.latency_ticks >= self._reply_len)
 
     @property
     def request_period(self) -> int:
@@ -206,6 +214,8 @@ class ChunkExecutor:
             start = arrival_tick
             actions = actions[: self.config.n_action_steps]
             self.counts["late_chunks"] += int(late and self.config.mode != "sync")
+            if late:  # from now on ask, hold and execute (acting_sync) until latency drops
+                self._chunks.clear()
         else:
             start = obs_tick
             self.counts["stale_dropped"] += max(0, min(arrival_tick - obs_tick, len(actions)))

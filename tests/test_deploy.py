@@ -261,6 +261,7 @@ def test_prefetch_period_follows_measured_latency():
     assert not ex.wants_request(3) and ex.wants_request(4)
     ex.add_reply(ramp(15), obs_tick=20, arrival_tick=40)  # all stale: executed from arrival, as sync would
     assert ex.counts["late_chunks"] == 1 and ex.act(40)[1] == "chunk"
+    assert ex.acting_sync and not ex.wants_request(41)  # latency >= a whole reply: ask, hold, execute like sync
 
 
 def test_blend_and_ensemble_stitching():

@@ -20,8 +20,8 @@ import torch
 
 from deploy.executor import ChunkExecutor, ExecutorConfig, SafetyLimits, simulated_tick
 from deploy.server import PolicyRunner
-from envs.make import env_properties, policy_env_kwargs
-from envs.rollout import EpisodeRecord, EvalResult, make_eval_envs, wilson_interval
+from envs.make import env_properties
+from envs.rollout import EvalResult, evaluate
 
 
 class SimRobot:
@@ -70,68 +70,49 @@ class LatencyEval:
         return {k: v for k, v in self.__dict__.items() if k != "result"} | self.result.to_dict()
 
 
+class LatencyController:
+    """`envs.rollout.evaluate` controller: every env's actions go through its own ChunkExecutor, with replies
+    delayed by `latency_ticks` on the simulated clock (`simulated_tick`), inference batched across envs."""
+
+    def __init__(self, policy: Any, config: ExecutorConfig, latency_ticks: int) -> None:
+        self.runner = PolicyRunner(policy)
+        self.config = config
+        self.latency_ticks = latency_ticks
+        self.holds = self.commands = self.stale = 0
+
+    def start_wave(self, n_envs: int) -> None:
+        self.executors = [ChunkExecutor(self.config) for _ in range(n_envs)]
+        self.pending: list[deque] = [deque() for _ in range(n_envs)]
+
+    def actions(self, obs: dict[str, np.ndarray], done: np.ndarray, tick: int) -> np.ndarray:
+        live = [None if done[i] else ex for i, ex in enumerate(self.executors)]
+        per_env_obs = [None if done[i] else {k: v[i] for k, v in obs.items()} for i in range(len(done))]
+        commands = simulated_tick(live, per_env_obs, self.runner.infer_batch, self.latency_ticks, tick, self.pending)
+        return np.stack([a if a is not None else np.zeros(self.config.action_dim, np.float32) for a in commands])
+
+    def end_wave(self, n_active: int) -> None:
+        for executor in self.executors[:n_active]:
+            self.holds += executor.counts["hold"]
+            self.commands += sum(executor.counts[k] for k in ("chunk", "blend", "ensemble", "hold"))
+            self.stale += executor.counts["stale_dropped"]
+
+
 @torch.no_grad()
 def evaluate_with_latency(
     policy: Any, env_name: str, n_episodes: int, latency_ms: float, mode: str = "prefetch", stitch: str = "latest",
     seed_start: int = 100_000, n_envs: int = 10, max_episode_steps: int | None = None, progress: bool = True,
 ) -> LatencyEval:
-    """Seeded episodes (as `envs.rollout.evaluate`: same seeds, success at any step, terminate on success) where
-    each env's actions go through its own ChunkExecutor with `latency_ms` of simulated delay."""
-    from tqdm import tqdm
-
-    runner = PolicyRunner(policy)
+    """`envs.rollout.evaluate` (same seeds, success at any step, terminate on success) with each env's actions
+    going through its own ChunkExecutor and `latency_ms` of simulated delay."""
     props = env_properties(env_name)
-    max_steps = max_episode_steps or props["max_episode_steps"]
     latency_ticks = round(latency_ms / 1000 * props["fps"])
     c = policy.config
     config = ExecutorConfig(
         fps=props["fps"], n_obs_steps=c.n_obs_steps, n_action_steps=c.n_action_steps, action_dim=c.action_dim,
         mode=mode, stitch=stitch, safety=hold_for(env_name),
     )
-    n_envs = max(1, min(n_envs, n_episodes))
-    envs = make_eval_envs(env_name, n_envs, max_steps, **policy_env_kwargs(c))
-    records: list[EpisodeRecord] = []
-    holds = commands = stale = 0
-    rng_outside = torch.get_rng_state()
-    try:
-        bar = tqdm(total=n_episodes, desc=f"eval {env_name} latency {latency_ms:g} ms {mode}", disable=not progress, leave=False)
-        for wave_start in range(0, n_episodes, n_envs):
-            n_active = min(n_envs, n_episodes - wave_start)
-            seeds = [seed_start + wave_start + i for i in range(n_envs)]
-            torch.manual_seed(seeds[0])
-            obs, info = envs.reset(seed=seeds)
-            init_states = np.asarray(info["init_state"])
-            executors = [ChunkExecutor(config) for _ in range(n_envs)]
-            pending: list[deque] = [deque() for _ in range(n_envs)]
-            done = np.zeros(n_envs, dtype=bool)
-            success = np.zeros(n_envs, dtype=bool)
-            length = np.zeros(n_envs, dtype=np.int64)
-            for tick in range(max_steps + 1):
-                if done[:n_active].all():
-                    break
-                live = [None if done[i] else executors[i] for i in range(n_envs)]
-                per_env_obs = [None if done[i] else {k: v[i] for k, v in obs.items()} for i in range(n_envs)]
-                commands_now = simulated_tick(live, per_env_obs, runner.infer_batch, latency_ticks, tick, pending)
-                actions = np.stack([a if a is not None else np.zeros(c.action_dim, np.float32) for a in commands_now])
-                obs, _, terminated, truncated, info = envs.step(actions)
-                length += ~done
-                success |= ~done & np.asarray(info["success"], dtype=bool)
-                newly_done = ~done & (terminated | truncated)
-                done |= newly_done
-                bar.update(int(newly_done[:n_active].sum()))
-            for i in range(n_active):
-                records.append(EpisodeRecord(seeds[i], bool(success[i]), int(length[i]), init_states[i].tolist()))
-                holds += executors[i].counts["hold"]
-                commands += sum(executors[i].counts[k] for k in ("chunk", "blend", "ensemble", "hold"))
-                stale += executors[i].counts["stale_dropped"]
-        bar.close()
-    finally:
-        envs.close()
-        torch.set_rng_state(rng_outside)
-    n_success = sum(r.success for r in records)
-    result = EvalResult(
-        env=env_name, n_episodes=len(records), success_rate=n_success / len(records), ci95=wilson_interval(n_success, len(records)),
-        mean_length=float(np.mean([r.length for r in records])), success_definition=props["success_definition"],
-        max_episode_steps=max_steps, episodes=records,
+    controller = LatencyController(policy, config, latency_ticks)
+    result = evaluate(policy, env_name, n_episodes, seed_start, n_envs, max_episode_steps, progress=progress, controller=controller)
+    return LatencyEval(
+        latency_ms, latency_ticks, mode, stitch, controller.holds / max(controller.commands, 1), controller.stale / result.n_episodes, result
     )
-    return LatencyEval(latency_ms, latency_ticks, mode, stitch, holds / max(commands, 1), stale / len(records), result)

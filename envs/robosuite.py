@@ -19,7 +19,6 @@ its bin and the gripper has let go), at any step.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import gymnasium as gym

@@ -68,6 +68,23 @@ def _to_tensor_obs(obs: dict[str, np.ndarray], device: torch.device) -> dict[str
     return {k: torch.as_tensor(v, dtype=torch.uint8 if v.dtype == np.uint8 else torch.float32, device=device) for k, v in obs.items()}
 
 
+class SelectActionController:
+    """How `evaluate` acts by default: the policy's own `select_action` on each step's batched observations."""
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+        self.device = next(policy.parameters()).device
+
+    def start_wave(self, n_envs: int) -> None:
+        self.policy.reset()
+
+    def actions(self, obs: dict[str, np.ndarray], done: np.ndarray, tick: int) -> np.ndarray:
+        return self.policy.select_action(_to_tensor_obs(obs, self.device)).cpu().numpy()
+
+    def end_wave(self, n_active: int) -> None:
+        pass
+
+
 @torch.no_grad()
 def evaluate(
     policy,
@@ -81,10 +98,13 @@ def evaluate(
     video_size: int = 256,
     progress: bool = True,
     envs=None,
+    controller=None,
 ) -> EvalResult:
     """Roll `policy` (the Policy contract: reset/select_action) out for `n_episodes` seeded episodes.
 
     `envs`: an open vector env from `make_eval_envs` to reuse (it stays open); by default one is made and closed.
+    `controller`: turns observations into actions (default `SelectActionController`; `deploy.sim` passes one
+    that routes them through the deployment executor with simulated latency).
     """
     from tqdm import tqdm
 
@@ -97,8 +117,8 @@ def evaluate(
         envs = make_eval_envs(env_name, n_envs, max_steps, n_videos, video_size, **policy_env_kwargs(getattr(policy, "config", None)))
     else:
         n_envs, n_videos = envs.num_envs, 0
-    device = next(policy.parameters()).device
     policy.check_ready()
+    controller = controller or SelectActionController(policy)
     policy.eval()
     records: list[EpisodeRecord] = []
     videos: list[str] = []
@@ -111,24 +131,27 @@ def evaluate(
             torch.manual_seed(seeds[0])
             obs, info = envs.reset(seed=seeds)
             init_states = np.asarray(info["init_state"])
-            policy.reset()
+            controller.start_wave(n_envs)
             done = np.zeros(n_envs, dtype=bool)
             success = np.zeros(n_envs, dtype=bool)
             length = np.zeros(n_envs, dtype=np.int64)
             record_video = wave_start == 0 and n_videos > 0
             frames: list[list[np.ndarray]] = [[] for _ in range(n_videos)] if record_video else []
+            tick = 0
             while not done[:n_active].all():
                 if record_video:
                     for i, frame in enumerate(envs.call("render")[:n_videos]):
                         if not done[i]:
                             frames[i].append(frame)
-                action = policy.select_action(_to_tensor_obs(obs, device)).cpu().numpy()
+                action = controller.actions(obs, done, tick)
+                tick += 1
                 obs, _, terminated, truncated, info = envs.step(action)
                 length += ~done
                 success |= ~done & np.asarray(info["success"], dtype=bool)
                 newly_done = ~done & (terminated | truncated)
                 done |= newly_done
                 bar.update(int(newly_done[:n_active].sum()))
+            controller.end_wave(n_active)
             for i in range(n_active):
                 records.append(EpisodeRecord(seeds[i], bool(success[i]), int(length[i]), init_states[i].tolist()))
             if record_video:

@@ -7,6 +7,7 @@
     python train.py default --run-dir runs/x --resume # continue an interrupted run exactly
     python train.py dsrl --base runs/x --env metaworld/push-v3   # DSRL finetuning of a trained DP (rl/dsrl.py)
     python train.py residual --algo offpolicy --base runs/x --env metaworld/push-v3   # residual RL (rl/residual_*.py)
+    torchrun --nproc_per_node 2 train.py default --run-dir runs/ddp   # data-parallel (DDP; gloo on CPU, NCCL on GPU)
 
 Run directory:
     train_config.json         every hyperparameter of the run
@@ -41,6 +42,7 @@ from core.checkpoint import (
     prepare_run_dir,
     save_rng_states,
 )
+from core.distributed import DistInfo, init_distributed, rank_torch_seed, shutdown_distributed
 from core.ema import EMA
 from core.io import (
     CheckpointError,
@@ -81,7 +83,7 @@ class TrainConfig:
     stop_at: int | None = None
     """Save and stop at this step, e.g. to fit a time-boxed job; continue later with --resume."""
     batch_size: int = 128
-    """Windows per batch."""
+    """Windows per batch and process: under torchrun the effective batch is batch_size * world size."""
     lr: float = 3e-4
     """Peak learning rate (AdamW)."""
     weight_decay: float = 1e-6
@@ -236,8 +238,12 @@ def load_training_data(store_path: Path, policy_cfg: PolicyConfig) -> tuple[Epis
 # ---- checkpoints ------------------------------------------------------------------------------------
 
 
-def save_checkpoint(run_dir: Path, step: int, policy: Policy, ema: EMA, optimizer, lr_schedule, rng: np.random.Generator) -> Path:
-    """checkpoints/step_N: the EMA policy at the top level, everything needed to resume in train_state/."""
+def save_checkpoint(
+    run_dir: Path, step: int, policy: Policy, ema: EMA, optimizer, lr_schedule, rng: np.random.Generator, torch_rng_states: list[torch.Tensor] | None = None
+) -> Path:
+    """checkpoints/step_N: the EMA policy at the top level, everything needed to resume in train_state/.
+
+    `torch_rng_states`: every rank's torch RNG state under torchrun (rank 0 writes the checkpoint)."""
 
     def write(tmp: Path) -> None:
         ema.model.save_pretrained(tmp)
@@ -245,11 +251,12 @@ def save_checkpoint(run_dir: Path, step: int, policy: Policy, ema: EMA, optimize
         atomic_save_safetensors(state_dir / "raw_model.safetensors", policy.state_dict())
         opt_tensors, opt_skeleton = optimizer_state_to_safetensors(optimizer.state_dict())
         atomic_save_safetensors(state_dir / "optimizer.safetensors", opt_tensors)
-        numpy_rng = save_rng_states(state_dir / "rng.safetensors", rng)
+        numpy_rng = save_rng_states(state_dir / "rng.safetensors", rng, torch_rng_states)
         atomic_write_json(
             state_dir / "state.json",
             {
                 "step": step,
+                "world_size": len(torch_rng_states or [None]),
                 "optimizer": opt_skeleton,
                 "lr_schedule": lr_schedule.state_dict(),
                 "ema_num_updates": ema.num_updates,
@@ -260,16 +267,22 @@ def save_checkpoint(run_dir: Path, step: int, policy: Policy, ema: EMA, optimize
     return commit_checkpoint(run_dir / "checkpoints", f"step_{step:07d}", write)
 
 
-def load_checkpoint(ckpt: Path, policy: Policy, ema: EMA, optimizer, lr_schedule, rng: np.random.Generator) -> int:
+def load_checkpoint(ckpt: Path, policy: Policy, ema: EMA, optimizer, lr_schedule, rng: np.random.Generator, dist_info: DistInfo = DistInfo()) -> int:
     """Restore everything `save_checkpoint` wrote; returns the step. Any missing or bad file is an error."""
     state_dir = ckpt / "train_state"
     state = read_json(state_dir / "state.json")
+    saved_world = state.get("world_size", 1)
+    if saved_world != dist_info.world_size:
+        raise CheckpointError(
+            f"{ckpt}: saved by {saved_world} process(es), resumed with {dist_info.world_size}; the effective batch and the batch "
+            f"stream would change. Resume with torchrun --nproc_per_node {saved_world} (or start a new run from model.safetensors)"
+        )
     load_state_dict_strict(ema.model, load_safetensors(ckpt / WEIGHTS_FILE), str(ckpt / WEIGHTS_FILE))
     load_state_dict_strict(policy, load_safetensors(state_dir / "raw_model.safetensors"), str(state_dir / "raw_model.safetensors"))
     optimizer.load_state_dict(optimizer_state_from_safetensors(load_safetensors(state_dir / "optimizer.safetensors"), state["optimizer"]))
     lr_schedule.load_state_dict(state["lr_schedule"])
     ema.num_updates = state["ema_num_updates"]
-    load_rng_states(state_dir / "rng.safetensors", rng, state["numpy_rng"])
+    load_rng_states(state_dir / "rng.safetensors", rng, state["numpy_rng"], dist_info.rank)
     return int(state["step"])
 
 
@@ -277,22 +290,29 @@ def load_checkpoint(ckpt: Path, policy: Policy, ema: EMA, optimizer, lr_schedule
 
 
 def train(cfg: TrainConfig) -> dict:
+    """Train (and evaluate) one run. Under torchrun: DDP over all ranks; rank 0 alone writes and evaluates."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    dist_info, device_name = init_distributed(cfg.device)
+    main_rank = dist_info.is_main
     run_dir = cfg.resolved_run_dir()
-    prepare_run_dir(run_dir, config_to_dict(cfg), cfg.resume, RESUMABLE_CHANGES)
+    if main_rank:
+        prepare_run_dir(run_dir, config_to_dict(cfg), cfg.resume, RESUMABLE_CHANGES)
+        prepare_dataset(cfg, run_dir)
+    dist_info.barrier()  # the run dir and the demos exist before the other ranks read them
 
     store_path = prepare_dataset(cfg, run_dir)
     store, arrays, policy_cfg = load_training_data(store_path, cfg.policy)
-    if store.attrs["env_id"] != cfg.env:
+    if store.attrs["env_id"] != cfg.env and main_rank:
         print(f"warning: dataset {store_path} was recorded in {store.attrs['env_id']}, evaluating in {cfg.env}")
-    print(f"dataset: {store.n_episodes} episodes, {store.n_steps} steps from {store_path}")
+    if main_rank:
+        print(f"dataset: {store.n_episodes} episodes, {store.n_steps} steps from {store_path}")
 
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)  # the same stream on every rank: it draws the global batch
     normalizer = Normalizer.fit(arrays, policy_cfg.normalization_modes())
     sampler = WindowSampler(arrays, store.episode_ends, window_offsets(policy_cfg))
-    device = torch.device(cfg.device)
+    device = torch.device(device_name)
     policy = make_policy(policy_cfg, normalizer)
     if policy_cfg.vision_backbone_weights and not cfg.resume:
         from policies.vision import load_backbone_weights
@@ -304,48 +324,66 @@ def train(cfg: TrainConfig) -> dict:
     optimizer = torch.optim.AdamW(policy.optim_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     n_params = sum(p.numel() for p in policy.parameters())
+    torch.manual_seed(rank_torch_seed(cfg.seed, dist_info.rank))  # diffusion noise: one stream per rank
 
     step = 0
     last = run_dir / "checkpoints" / "last"
     if cfg.resume and last.exists():
-        step = load_checkpoint(last.resolve(), policy, ema, optimizer, lr_schedule, rng)
-        print(f"resumed from {last.resolve()} at step {step}")
+        step = load_checkpoint(last.resolve(), policy, ema, optimizer, lr_schedule, rng, dist_info)
+        if main_rank:
+            print(f"resumed from {last.resolve()} at step {step}")
+    model: torch.nn.Module = policy
+    if dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
 
-    from torch.utils.tensorboard import SummaryWriter
+        # VQ-BeT trains its tokenizer, then freezes it: parameters go unused in one phase or the other
+        model = DistributedDataParallel(policy, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=isinstance(policy_cfg, VQBeTConfig))
 
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
-    log_file = open_jsonl_log(run_dir / "train_log.jsonl", cfg.resume, "step", step)  # later lines get recomputed identically
-    print(f"training {policy.policy_type} ({n_params / 1e6:.2f}M params) for {cfg.steps} steps, batch {cfg.batch_size}, run dir {run_dir}")
+    effective_batch = cfg.batch_size * dist_info.world_size
+    writer = log_file = bar = None
+    if main_rank:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
+        log_file = open_jsonl_log(run_dir / "train_log.jsonl", cfg.resume, "step", step)  # later lines get recomputed identically
+        print(
+            f"training {policy.policy_type} ({n_params / 1e6:.2f}M params) for {cfg.steps} steps, effective batch {effective_batch} "
+            f"({dist_info.world_size} process(es) x {cfg.batch_size}), run dir {run_dir}"
+        )
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
 
     policy.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
     window_start, data_wait, samples = time.perf_counter(), 0.0, 0
     stop_at = min(cfg.stop_at or cfg.steps, cfg.steps)
     image_batches = None
     if policy_cfg.image_keys:  # frames stream from disk in worker processes; batch s depends only on (seed, s)
         from data.loader import step_batch_loader
 
-        image_batches = step_batch_loader(sampler, cfg.batch_size, cfg.seed, step, stop_at, cfg.num_workers, device.type == "cuda")
+        image_batches = step_batch_loader(
+            sampler, cfg.batch_size, cfg.seed, step, stop_at, cfg.num_workers, device.type == "cuda", dist_info.rank, dist_info.world_size
+        )
     while step < stop_at:
         t0 = time.perf_counter()
         if image_batches is not None:
             batch = {k: v.to(device, non_blocking=True) for k, v in next(image_batches).items()}
         else:
-            ids = rng.integers(0, len(sampler), cfg.batch_size)
+            ids = dist_info.rank_slice(rng.integers(0, len(sampler), effective_batch))
             batch = {k: torch.from_numpy(v).to(device) for k, v in sampler.sample(ids).items()}
         data_wait += time.perf_counter() - t0
-        loss, metrics = policy(batch)
+        loss, metrics = model(batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP the gradients arrive averaged over ranks
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip_norm).item()
         optimizer.step()
         lr_schedule.step()
         ema.update(policy)
         step += 1
-        samples += cfg.batch_size
-        bar.update(1)
+        samples += effective_batch
+        if bar is not None:
+            bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps or metrics.pop("log_now", False):
             elapsed = time.perf_counter() - window_start
+            metrics["loss"] = dist_info.mean(metrics["loss"], device)  # every rank reaches this step together
             scalars = {
                 **metrics,
                 "lr": lr_schedule.get_last_lr()[-1],
@@ -354,32 +392,39 @@ def train(cfg: TrainConfig) -> dict:
                 "data_wait_frac": data_wait / elapsed,
                 "ema_decay": ema.decay(),
             }
-            for name, value in scalars.items():
-                writer.add_scalar(f"train/{name}", value, step)
-            log_file.write(json.dumps({"step": step, **scalars}) + "\n")
-            log_file.flush()
-            bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.1e}")
+            if main_rank:
+                for name, value in scalars.items():
+                    writer.add_scalar(f"train/{name}", value, step)
+                log_file.write(json.dumps({"step": step, **scalars}) + "\n")
+                log_file.flush()
+                bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.1e}")
             window_start, data_wait, samples = time.perf_counter(), 0.0, 0
         if step % cfg.save_every == 0 or step == stop_at:
-            save_checkpoint(run_dir, step, policy, ema, optimizer, lr_schedule, rng)
+            torch_rng_states = dist_info.gather_to_main(torch.get_rng_state(), device) if dist_info.enabled else None
+            if main_rank:
+                save_checkpoint(run_dir, step, policy, ema, optimizer, lr_schedule, rng, torch_rng_states)
+            dist_info.barrier()
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-            result = run_eval(cfg, ema.model, cfg.eval_episodes_periodic)
-            writer.add_scalar("eval/success_rate", result.success_rate, step)
-            tqdm.write(f"step {step}: {result.summary()}")
+            if main_rank:
+                result = run_eval(cfg, ema.model, cfg.eval_episodes_periodic)
+                writer.add_scalar("eval/success_rate", result.success_rate, step)
+                tqdm.write(f"step {step}: {result.summary()}")
+            dist_info.barrier()
             policy.train()
-    bar.close()
-    log_file.close()
-
-    summary: dict = {"run_dir": str(run_dir), "steps": step, "checkpoint": str(last.resolve())}
-    if cfg.eval_episodes and step == cfg.steps:
-        result = run_eval(cfg, ema.model, cfg.eval_episodes, video_dir=run_dir / "videos")
-        writer.add_scalar("eval/success_rate", result.success_rate, step)
-        payload = {"checkpoint": str(last.resolve()), "step": step, **result.to_dict()}
-        atomic_write_json(run_dir / "eval.json", payload)
-        print(result.summary())
-        print(f"success definition: {result.success_definition}; per-episode seeds in {run_dir / 'eval.json'}")
-        summary["eval"] = payload
-    writer.close()
+    summary: dict = {"run_dir": str(run_dir), "steps": step, "checkpoint": str(last.resolve()), "world_size": dist_info.world_size}
+    shutdown_distributed(dist_info)  # the other ranks are done; rank 0 evaluates alone
+    if main_rank:
+        bar.close()
+        log_file.close()
+        if cfg.eval_episodes and step == cfg.steps:
+            result = run_eval(cfg, ema.model, cfg.eval_episodes, video_dir=run_dir / "videos")
+            writer.add_scalar("eval/success_rate", result.success_rate, step)
+            payload = {"checkpoint": str(last.resolve()), "step": step, **result.to_dict()}
+            atomic_write_json(run_dir / "eval.json", payload)
+            print(result.summary())
+            print(f"success definition: {result.success_definition}; per-episode seeds in {run_dir / 'eval.json'}")
+            summary["eval"] = payload
+        writer.close()
     return summary
 
 

@@ -52,15 +52,26 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return last.resolve() if last.exists() else None
 
 
-def save_rng_states(path: Path, numpy_rng: np.random.Generator) -> dict:
-    """Torch RNG goes to a safetensors file; the numpy Generator state is returned for a JSON file."""
-    atomic_save_safetensors(path, {"torch": torch.get_rng_state()})
+def save_rng_states(path: Path, numpy_rng: np.random.Generator, torch_states: list[torch.Tensor] | None = None) -> dict:
+    """Torch RNG goes to a safetensors file; the numpy Generator state is returned for a JSON file.
+
+    `torch_states`: every rank's torch RNG state in rank order (data-parallel runs); default this process's.
+    """
+    states = torch_states or [torch.get_rng_state()]
+    atomic_save_safetensors(path, {_torch_rng_key(rank): state for rank, state in enumerate(states)})
     return numpy_rng.bit_generator.state
 
 
-def load_rng_states(path: Path, numpy_rng: np.random.Generator, numpy_state: dict) -> None:
-    torch.set_rng_state(load_safetensors(path)["torch"])
+def load_rng_states(path: Path, numpy_rng: np.random.Generator, numpy_state: dict, rank: int = 0) -> None:
+    tensors = load_safetensors(path)
+    if _torch_rng_key(rank) not in tensors:
+        raise CheckpointError(f"{path}: no torch RNG state for rank {rank}; the checkpoint was saved by {len(tensors)} process(es)")
+    torch.set_rng_state(tensors[_torch_rng_key(rank)])
     numpy_rng.bit_generator.state = numpy_state
+
+
+def _torch_rng_key(rank: int) -> str:
+    return "torch" if rank == 0 else f"torch_rank{rank}"
 
 
 def prepare_run_dir(run_dir: Path, config: dict, resume: bool, resumable_changes: set[str]) -> None:

@@ -43,24 +43,30 @@ class LazyFrames:
 class StepBatches(torch.utils.data.Dataset):
     """Item `s` is the batch of optimizer step `s`, as torch tensors."""
 
-    def __init__(self, sampler: WindowSampler, batch_size: int, seed: int) -> None:
+    def __init__(self, sampler: WindowSampler, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return 2**62
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])
-        ids = rng.integers(0, len(self.sampler), self.batch_size)
+        ids = rng.integers(0, len(self.sampler), self.batch_size * self.world_size)  # the global batch; this rank reads its slice
+        ids = ids[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         return {k: torch.from_numpy(v) for k, v in self.sampler.sample(ids).items()}
 
 
-def step_batch_loader(sampler: WindowSampler, batch_size: int, seed: int, start_step: int, stop_step: int, num_workers: int, pin_memory: bool) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches for steps start_step..stop_step-1, built by `num_workers` spawned processes (0: in this one)."""
+def step_batch_loader(
+    sampler: WindowSampler, batch_size: int, seed: int, start_step: int, stop_step: int, num_workers: int, pin_memory: bool, rank: int = 0, world_size: int = 1
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches for steps start_step..stop_step-1, built by `num_workers` spawned processes (0: in this one).
+
+    With `world_size` > 1 each step's global batch is batch_size * world_size windows and rank r gets slice r."""
     from envs.make import spawn_without_main_module
 
     loader = torch.utils.data.DataLoader(
-        StepBatches(sampler, batch_size, seed),
+        StepBatches(sampler, batch_size, seed, rank, world_size),
         batch_size=None,
         sampler=range(start_step, stop_step),
         num_workers=num_workers,

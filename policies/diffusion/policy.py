@@ -59,8 +59,9 @@ class DiffusionPolicy(Policy):
         batch = self.normalizer.normalize_batch(batch)
         cond = self.global_cond({k: batch[k][:, : cfg.n_obs_steps] for k in cfg.obs_keys})
         actions = batch[cfg.action_key]
-        noise = torch.randn_like(actions)
-        timesteps = torch.randint(0, cfg.num_train_timesteps, (actions.shape[0],), device=actions.device)
+        # optional fixed `noise` / `timesteps` (a reproducible validation loss, the DDP gradient test); else drawn
+        noise = batch["noise"] if "noise" in batch else torch.randn_like(actions)
+        timesteps = batch["timesteps"] if "timesteps" in batch else torch.randint(0, cfg.num_train_timesteps, (actions.shape[0],), device=actions.device)
         noisy = self.train_scheduler.add_noise(actions, noise, timesteps)
         pred = self.unet(noisy, timesteps, cond)
         target = noise if cfg.prediction_type == "epsilon" else actions

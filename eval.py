@@ -2,6 +2,7 @@
 
     python eval.py runs/push-v3-diffusion-seed0 --episodes 50
     python eval.py runs/push-v3-diffusion-seed0/checkpoints/step_0002500 --episodes 50 --video 3 --out eval.json
+    python eval.py sweep --checkpoints runs/a runs/b --tasks metaworld/push-v3 --seeds 0 1 2 --workers 2 --out sweeps/x
 
 Prints success rate, Wilson 95% CI and mean episode length; writes JSON with per-episode seeds, successes,
 lengths and initial states, plus the success definition.
@@ -9,6 +10,7 @@ lengths and initial states, plus the success definition.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -50,6 +52,8 @@ class EvalConfig:
     """With --latency-ms: prefetch (time-aligned chunks, asks ahead by the measured latency) or sync (ask, hold, execute)."""
     stitch: Literal["latest", "blend", "ensemble"] = "latest"
     """With --latency-ms: how overlapping chunks combine."""
+    progress: bool = True
+    """Show a progress bar."""
 
 
 def env_of_run(ckpt: Path) -> str | None:
@@ -58,6 +62,11 @@ def env_of_run(ckpt: Path) -> str | None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["sweep"]:  # checkpoints x tasks x seed blocks in parallel processes (envs/sweep.py)
+        from envs.sweep import main as sweep_main
+
+        sweep_main(sys.argv[2:])
+        return
     cfg = tyro.cli(EvalConfig)
     try:
         ckpt = resolve_checkpoint(cfg.checkpoint)
@@ -90,7 +99,7 @@ def main() -> None:
         video_dir = ckpt / "videos" if cfg.video else None
         result = evaluate(
             policy, env, cfg.episodes, seed_start=cfg.seed_start, n_envs=cfg.n_envs,
-            max_episode_steps=cfg.max_episode_steps, video_dir=video_dir, n_videos=cfg.video,
+            max_episode_steps=cfg.max_episode_steps, video_dir=video_dir, n_videos=cfg.video, progress=cfg.progress,
         )
         record |= result.to_dict()
         tag = ""

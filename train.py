@@ -57,6 +57,7 @@ from core.io import (
 from data.normalize import Normalizer
 from data.sampler import WindowSampler
 from data.store import EpisodeStore, StoreError
+from data.stream import StreamingWindows
 from envs.make import split_env_name
 from policies import (
     POLICY_FOR_CONFIG,
@@ -126,6 +127,11 @@ class TrainConfig:
     """torch CPU threads (default: torch's choice)."""
     num_workers: int = 2
     """Loader processes that read and batch image windows (image policies only; state windows come from RAM)."""
+    data_ram_gb: float | None = None
+    """RAM cap for the low-dim keys (state, action) and window indices. None: load them whole. Set, whole episodes
+    stream from the store through a resident set of half the cap that rotates (data/stream.py; docs/data.md)."""
+    stream_rotate_every: int = 200
+    """With --data-ram-gb: optimizer steps between rotations of the resident episode set."""
     image_size: int = 84
     """Camera resolution (square) when train.py collects demos for an image policy."""
 
@@ -201,11 +207,11 @@ def prepare_dataset(cfg: TrainConfig, run_dir: Path) -> Path:
     return path
 
 
-def load_training_data(store_path: Path, policy_cfg: PolicyConfig) -> tuple[EpisodeStore, dict[str, Any], PolicyConfig]:
+def load_training_data(store_path: Path, policy_cfg: PolicyConfig, load_vectors: bool = True) -> tuple[EpisodeStore, dict[str, Any], PolicyConfig]:
     """Open and validate the store, check its keys against the policy, fill the policy's shapes.
 
-    Returns the store, key -> array (state and action keys in RAM; image keys as lazy frame views) and the
-    filled policy config.
+    Returns the store, key -> array (state and action keys in RAM unless `load_vectors` is False; image keys
+    as lazy frame views) and the filled policy config.
     """
     store = EpisodeStore.open(store_path)
     vector_keys = [*policy_cfg.state_keys, policy_cfg.action_key]
@@ -231,7 +237,7 @@ def load_training_data(store_path: Path, policy_cfg: PolicyConfig) -> tuple[Epis
         if have not in ((), 0, want):
             raise StoreError(f"{store_path}: policy.{name}={have} but the store has {want} (keys {keys})")
     policy_cfg = dataclasses.replace(policy_cfg, state_dims=state_dims, action_dim=action_dim, image_shape=image_shape)
-    arrays: dict[str, Any] = store.load(vector_keys) | {k: store.frames(k) for k in policy_cfg.image_keys}
+    arrays: dict[str, Any] = (store.load(vector_keys) if load_vectors else {}) | {k: store.frames(k) for k in policy_cfg.image_keys}
     return store, arrays, policy_cfg
 
 
@@ -302,7 +308,7 @@ def train(cfg: TrainConfig) -> dict:
     dist_info.barrier()  # the run dir and the demos exist before the other ranks read them
 
     store_path = prepare_dataset(cfg, run_dir)
-    store, arrays, policy_cfg = load_training_data(store_path, cfg.policy)
+    store, arrays, policy_cfg = load_training_data(store_path, cfg.policy, load_vectors=cfg.data_ram_gb is None)
     if store.attrs["env_id"] != cfg.env and main_rank:
         print(f"warning: dataset {store_path} was recorded in {store.attrs['env_id']}, evaluating in {cfg.env}")
     if main_rank:
@@ -310,8 +316,18 @@ def train(cfg: TrainConfig) -> dict:
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)  # the same stream on every rank: it draws the global batch
-    normalizer = Normalizer.fit(arrays, policy_cfg.normalization_modes())
-    sampler = WindowSampler(arrays, store.episode_ends, window_offsets(policy_cfg))
+    if cfg.data_ram_gb is None:
+        normalizer = Normalizer.fit(arrays, policy_cfg.normalization_modes())
+        sampler: WindowSampler | StreamingWindows = WindowSampler(arrays, store.episode_ends, window_offsets(policy_cfg))
+    else:
+        sampler = StreamingWindows(
+            store_path, [*policy_cfg.state_keys, policy_cfg.action_key], policy_cfg.image_keys, window_offsets(policy_cfg),
+            int(cfg.data_ram_gb * 1e9), cfg.seed, cfg.stream_rotate_every,
+        )
+        normalizer = sampler.fit_normalizer(policy_cfg.normalization_modes())
+        if main_rank:
+            resident = len(sampler.resident_episodes(0))
+            print(f"streaming: {resident} of {store.n_episodes} episodes resident at a time (cap {cfg.data_ram_gb} GB), rotating every {cfg.stream_rotate_every} steps")
     device = torch.device(device_name)
     policy = make_policy(policy_cfg, normalizer)
     if policy_cfg.vision_backbone_weights and not cfg.resume:
@@ -367,8 +383,9 @@ def train(cfg: TrainConfig) -> dict:
         if image_batches is not None:
             batch = {k: v.to(device, non_blocking=True) for k, v in next(image_batches).items()}
         else:
-            ids = dist_info.rank_slice(rng.integers(0, len(sampler), effective_batch))
-            batch = {k: torch.from_numpy(v).to(device) for k, v in sampler.sample(ids).items()}
+            windows = sampler.sampler_at(step)
+            ids = dist_info.rank_slice(rng.integers(0, len(windows), effective_batch))
+            batch = {k: torch.from_numpy(v).to(device) for k, v in windows.sample(ids).items()}
         data_wait += time.perf_counter() - t0
         loss, metrics = model(batch)
         optimizer.zero_grad(set_to_none=True)

@@ -15,6 +15,7 @@ import torch
 import zarr
 
 from data.sampler import WindowSampler
+from data.stream import StreamingWindows
 
 
 class LazyFrames:
@@ -43,7 +44,7 @@ class LazyFrames:
 class StepBatches(torch.utils.data.Dataset):
     """Item `s` is the batch of optimizer step `s`, as torch tensors."""
 
-    def __init__(self, sampler: WindowSampler, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, sampler: WindowSampler | StreamingWindows, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
         self.rank, self.world_size = rank, world_size
 
@@ -52,13 +53,14 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])
-        ids = rng.integers(0, len(self.sampler), self.batch_size * self.world_size)  # the global batch; this rank reads its slice
+        sampler = self.sampler.sampler_at(step)
+        ids = rng.integers(0, len(sampler), self.batch_size * self.world_size)  # the global batch; this rank reads its slice
         ids = ids[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        return {k: torch.from_numpy(v) for k, v in self.sampler.sample(ids).items()}
+        return {k: torch.from_numpy(v) for k, v in sampler.sample(ids).items()}
 
 
 def step_batch_loader(
-    sampler: WindowSampler, batch_size: int, seed: int, start_step: int, stop_step: int, num_workers: int, pin_memory: bool, rank: int = 0, world_size: int = 1
+    sampler: WindowSampler | StreamingWindows, batch_size: int, seed: int, start_step: int, stop_step: int, num_workers: int, pin_memory: bool, rank: int = 0, world_size: int = 1
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches for steps start_step..stop_step-1, built by `num_workers` spawned processes (0: in this one).
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -60,27 +60,52 @@ class Normalizer:
     @classmethod
     def fit(cls, data: Mapping[str, np.ndarray], modes: Mapping[str, str]) -> Normalizer:
         """Compute min/max/mean/std of every key in ``modes`` over all but the last axis."""
-        stats: dict[str, dict[str, torch.Tensor]] = {}
+        return cls.fit_blocks([data], modes)
+
+    @classmethod
+    def fit_blocks(cls, blocks: Iterable[Mapping[str, np.ndarray]], modes: Mapping[str, str]) -> Normalizer:
+        """Like :meth:`fit`, over data that arrives in blocks (e.g. read from a store larger than RAM).
+
+        Means and variances merge exactly (Chan et al.'s pairwise update, float64), so any blocking gives the
+        statistics of the concatenated data."""
         for key, mode in modes.items():
             if mode not in MODES:
                 raise ValueError(f"normalizer key {key!r}: unknown mode {mode!r}; allowed modes {list(MODES)}")
-            if key not in data:
-                raise ValueError(f"normalizer key {key!r} not in data; available keys {sorted(data)}")
-            x = np.asarray(data[key])
-            if x.ndim < 2 or x.shape[0] == 0:
-                raise ValueError(
-                    f"normalizer key {key!r}: data shape {x.shape}; expected (T, ..., D) with T >= 1"
-                )
-            flat = x.reshape(-1, x.shape[-1])
-            key_stats = {
-                "min": flat.min(axis=0).astype(np.float64),
-                "max": flat.max(axis=0).astype(np.float64),
-                "mean": flat.mean(axis=0, dtype=np.float64),
-                "std": flat.std(axis=0, dtype=np.float64),
-            }
-            if not all(np.isfinite(v).all() for v in key_stats.values()):
-                raise ValueError(f"normalizer key {key!r}: data (shape {x.shape} dtype {x.dtype}) has NaN/inf")
-            stats[key] = {name: torch.from_numpy(v.astype(np.float32)) for name, v in key_stats.items()}
+        acc: dict[str, dict[str, np.ndarray | int]] = {}
+        for block in blocks:
+            for key in modes:
+                if key not in block:
+                    raise ValueError(f"normalizer key {key!r} not in data; available keys {sorted(block)}")
+                x = np.asarray(block[key])
+                if x.ndim < 2:
+                    raise ValueError(f"normalizer key {key!r}: data shape {x.shape}; expected (T, ..., D) with T >= 1")
+                flat = x.reshape(-1, x.shape[-1])
+                if len(flat) == 0:
+                    continue
+                if not np.isfinite(flat).all():
+                    raise ValueError(f"normalizer key {key!r}: data (shape {x.shape} dtype {x.dtype}) has NaN/inf")
+                n, mean = len(flat), flat.mean(axis=0, dtype=np.float64)
+                m2 = ((flat - mean) ** 2).sum(axis=0, dtype=np.float64)
+                a = acc.get(key)
+                if a is None:
+                    acc[key] = {"n": n, "mean": mean, "m2": m2, "min": flat.min(axis=0).astype(np.float64), "max": flat.max(axis=0).astype(np.float64)}
+                    continue
+                if a["mean"].shape != mean.shape:
+                    raise ValueError(f"normalizer key {key!r}: feature dim {mean.shape[0]} in one block, {a['mean'].shape[0]} in another")
+                total = a["n"] + n
+                delta = mean - a["mean"]
+                a["mean"] = a["mean"] + delta * (n / total)
+                a["m2"] = a["m2"] + m2 + delta**2 * (a["n"] * n / total)
+                a["n"] = total
+                a["min"] = np.minimum(a["min"], flat.min(axis=0))
+                a["max"] = np.maximum(a["max"], flat.max(axis=0))
+        stats: dict[str, dict[str, torch.Tensor]] = {}
+        for key in modes:
+            if key not in acc:
+                raise ValueError(f"normalizer key {key!r}: no data; expected (T, ..., D) with T >= 1")
+            a = acc[key]
+            key_stats = {"min": a["min"], "max": a["max"], "mean": a["mean"], "std": np.sqrt(a["m2"] / a["n"])}
+            stats[key] = {name: torch.from_numpy(np.asarray(v, dtype=np.float32)) for name, v in key_stats.items()}
         return cls(modes, stats)
 
     # ----------------------------------------------------------------- transforms

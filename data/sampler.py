@@ -76,6 +76,10 @@ class WindowSampler:
             self._index[key] = np.clip(raw, lo, hi)
             self._is_pad[key] = (raw < lo) | (raw > hi)
 
+    def sampler_at(self, step: int) -> WindowSampler:
+        """The sampler for optimizer step `step`: this one (data.stream.StreamingWindows rotates instead)."""
+        return self
+
     def __len__(self) -> int:
         """Number of anchors (= steps in the selected episodes)."""
         return len(next(iter(self._index.values())))

@@ -307,6 +307,14 @@ class EpisodeStore:
             raise KeyError(f"{self.path}: unknown data key {key!r}; available keys {self.keys}")
         return LazyFrames(self._arrays[key], self.n_steps, f"{self.path}/data/{key}")
 
+    def read(self, key: str, start: int, end: int) -> np.ndarray:
+        """Committed steps [start:end] of one key (e.g. one episode's slice)."""
+        if not 0 <= start <= end <= self.n_steps:
+            raise IndexError(f"{self.path}: steps [{start}:{end}] outside the committed [0:{self.n_steps}]")
+        if key not in self._arrays:
+            raise KeyError(f"{self.path}: unknown data key {key!r}; available keys {self.keys}")
+        return self._read(key, start, end)
+
     def _read(self, key: str, start: int, end: int) -> np.ndarray:
         try:
             return self._arrays[key][start:end]

@@ -19,10 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_save
-
-from core.io import atomic_write_bytes
+from core.io import CheckpointError, atomic_write_bytes, read_safetensors, safetensors_bytes
 
 MODES = ("min_max", "mean_std", "identity")
 REQUIRED_STATS = {"min_max": ("min", "max"), "mean_std": ("mean", "std"), "identity": ()}
@@ -203,9 +200,7 @@ class Normalizer:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write stats + modes to a safetensors file atomically (temp file in the same dir, then rename)."""
         path = Path(path)
-        payload = safetensors_save(
-            self.to_tensors(), metadata={"format": _FORMAT, "modes": json.dumps(self._modes)}
-        )
+        payload = safetensors_bytes(self.to_tensors(), metadata={"format": _FORMAT, "modes": json.dumps(self._modes)})
         atomic_write_bytes(path, payload)
 
     @classmethod
@@ -213,11 +208,9 @@ class Normalizer:
         """Read a file written by :meth:`save`; any problem raises ValueError naming ``path``."""
         path = Path(path)
         try:
-            with safe_open(path, framework="pt") as f:
-                metadata = f.metadata() or {}
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot read normalizer ({type(exc).__name__}: {exc}); {_LOAD_HINT}") from exc
+            tensors, metadata = read_safetensors(path)
+        except CheckpointError as exc:
+            raise ValueError(f"{path}: cannot read normalizer ({exc}); {_LOAD_HINT}") from exc
         if metadata.get("format") != _FORMAT or "modes" not in metadata:
             raise ValueError(f"{path}: metadata {metadata} lacks format {_FORMAT!r} and modes; {_LOAD_HINT}")
         try:

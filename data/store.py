@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 
 SCHEMA_VERSION = 1
@@ -70,6 +71,8 @@ class EpisodeStore:
                 "expected a 1-D integer array"
             )
         self._ends = ends.astype(np.int64)
+        if len(self._ends) and self._ends[-1] == 0:  # slot resized but never written: an append killed mid-commit
+            self._ends = self._ends[:-1]
 
     # ----------------------------------------------------------------- construction
 
@@ -95,7 +98,7 @@ class EpisodeStore:
             root = zarr.open_group(LocalStore(path), mode="w-", attributes=attrs)
             root.create_group("data")
             root.create_group("meta").create_array(
-                "episode_ends", shape=(0,), chunks=(LOWDIM_CHUNK_STEPS,), dtype="int64"
+                "episode_ends", shape=(0,), chunks=(LOWDIM_CHUNK_STEPS,), dtype="int64", compressors=ZstdCodec(level=0, checksum=True)
             )
         except Exception as exc:
             raise StoreError(f"{path}: cannot create episode store: {exc}") from exc
@@ -261,8 +264,8 @@ class EpisodeStore:
 
     def _create_data_array(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> zarr.Array:
         steps_per_chunk = IMAGE_CHUNK_STEPS if len(shape) >= 2 else LOWDIM_CHUNK_STEPS
-        return self._data_group.create_array(
-            key, shape=(0, *shape), chunks=(steps_per_chunk, *shape), dtype=dtype
+        return self._data_group.create_array(  # zstd with a content checksum: a corrupted chunk fails to read
+            key, shape=(0, *shape), chunks=(steps_per_chunk, *shape), dtype=dtype, compressors=ZstdCodec(level=0, checksum=True)
         )
 
     def _rollback(self, n_steps: int, n_episodes: int, created: list[str]) -> None:
@@ -276,9 +279,12 @@ class EpisodeStore:
             self._ends_array.resize((n_episodes,))
 
     def _truncate_tail(self) -> None:
+        """Drop what an interrupted append left behind: data past n_steps and an unwritten episode_ends slot."""
         for arr in self._arrays.values():
             if arr.shape[0] > self.n_steps:
                 arr.resize((self.n_steps, *arr.shape[1:]))
+        if self._ends_array.shape[0] > len(self._ends):
+            self._ends_array.resize((len(self._ends),))
 
     # ----------------------------------------------------------------- reading
 
@@ -346,6 +352,11 @@ class EpisodeStore:
                 f"meta/episode_ends: shape {ends.shape} dtype {ends.dtype}; expected a 1-D integer array"
             )
             ends = np.zeros(0, dtype=np.int64)
+        if len(ends) and ends[-1] == 0:
+            problems.append(
+                f"meta/episode_ends: unwritten slot at index {len(ends) - 1} (an append was interrupted); open with mode='a' to drop it"
+            )
+            ends = ends[:-1]
         problems += _ends_problems(ends)
         n_steps = int(ends[-1]) if len(ends) else 0
 
@@ -549,7 +560,12 @@ def _nonfinite_problems(key: str, arr: zarr.Array, n_steps: int, ends: np.ndarra
     """First NaN/inf of ``arr[:n_steps]``, read block by block, as a problem list."""
     block = max(_SCAN_BLOCK_VALUES // max(1, int(np.prod(arr.shape[1:]))), 1)
     for start in range(0, n_steps, block):
-        bad = _first_nonfinite(arr[start : min(start + block, n_steps)])
+        stop = min(start + block, n_steps)
+        try:
+            values = arr[start:stop]
+        except Exception as exc:  # a corrupt or truncated chunk (zstd checksum, short file)
+            return [f"data/{key}: cannot read steps [{start}:{stop}] ({type(exc).__name__}: {exc}); a chunk file is damaged"]
+        bad = _first_nonfinite(values)
         if bad is not None:
             t = start + bad[0]
             episode = int(np.searchsorted(ends, t, side="right"))

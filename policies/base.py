@@ -188,6 +188,8 @@ class Policy(nn.Module):
     def load_config(directory: str | Path) -> tuple[type[Policy], Any]:
         path = Path(directory) / CONFIG_FILE
         payload = read_json(path)
+        if not isinstance(payload, dict):
+            raise CheckpointError(f"{path}: expected a JSON object with policy_type, format_version and config, got {type(payload).__name__}")
         for field in ("policy_type", "format_version", "config"):
             if field not in payload:
                 raise CheckpointError(f"{path}: missing field {field!r}")
@@ -196,7 +198,7 @@ class Policy(nn.Module):
         elif payload["format_version"] != FORMAT_VERSION:
             raise CheckpointError(f"{path}: format_version {payload['format_version']}, this code reads 1 and {FORMAT_VERSION}")
         policy_type = payload["policy_type"]
-        if policy_type not in _REGISTRY:
+        if not isinstance(policy_type, str) or policy_type not in _REGISTRY:
             raise CheckpointError(f"{path}: unknown policy_type {policy_type!r}; known: {sorted(_REGISTRY)}")
         cls = _REGISTRY[policy_type]
         return cls, config_from_dict(cls.config_class, payload["config"], where=str(path))

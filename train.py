@@ -67,14 +67,17 @@ from policies import (
     make_policy,
 )
 from policies.base import WEIGHTS_FILE, Policy, load_state_dict_strict, window_offsets
+from policies.io_config import TASK_KEY
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     env: str = "metaworld/button-press-topdown-v3"
     """Environment to collect demos in and evaluate on, as <suite>/<task>."""
-    dataset: Path | None = None
-    """Zarr episode store to train on. Default: collect `n_demos` scripted demos into <run_dir>/demos.zarr."""
+    dataset: tuple[Path, ...] = ()
+    """Zarr episode store(s) to train on, concatenated. Stores recorded in different envs make a multi-task
+    policy: a `task` one-hot (index in first-appearance order) joins the state keys. Default: collect `n_demos`
+    scripted demos into <run_dir>/demos.zarr."""
     n_demos: int = 50
     """Scripted demos to collect when no dataset is given."""
     policy: PolicyConfig = DiffusionConfig()
@@ -129,7 +132,7 @@ class TrainConfig:
     """Loader processes that read and batch image windows (image policies only; state windows come from RAM)."""
     data_ram_gb: float | None = None
     """RAM cap for the low-dim keys (state, action) and window indices. None: load them whole. Set, whole episodes
-    stream from the store through a resident set of half the cap that rotates (data/stream.py; docs/data.md)."""
+    stream from the store through a resident set of half the cap that rotates (data/stream.py; docs/scaling.md)."""
     stream_rotate_every: int = 200
     """With --data-ram-gb: optimizer steps between rotations of the resident episode set."""
     image_size: int = 84
@@ -192,9 +195,9 @@ RESUMABLE_CHANGES = {"resume", "stop_at", "eval_every", "eval_episodes", "eval_n
 # ---- data -------------------------------------------------------------------------------------------
 
 
-def prepare_dataset(cfg: TrainConfig, run_dir: Path) -> Path:
-    if cfg.dataset is not None:
-        return cfg.dataset
+def prepare_dataset(cfg: TrainConfig, run_dir: Path) -> tuple[Path, ...]:
+    if cfg.dataset:
+        return tuple(cfg.dataset)
     path = run_dir / "demos.zarr"
     if not path.exists():
         from data.collect import CollectConfig, collect
@@ -204,7 +207,7 @@ def prepare_dataset(cfg: TrainConfig, run_dir: Path) -> Path:
         cameras = tuple(camera_of(k) for k in cfg.policy.image_keys)
         _, report = collect(CollectConfig(env=cfg.env, episodes=cfg.n_demos, out=path, cameras=cameras, image_size=cfg.image_size))
         print(f"demos: {report.summary()} -> {path}")
-    return path
+    return (path,)
 
 
 def load_training_data(store_path: Path, policy_cfg: PolicyConfig, load_vectors: bool = True) -> tuple[EpisodeStore, dict[str, Any], PolicyConfig]:
@@ -239,6 +242,57 @@ def load_training_data(store_path: Path, policy_cfg: PolicyConfig, load_vectors:
     policy_cfg = dataclasses.replace(policy_cfg, state_dims=state_dims, action_dim=action_dim, image_shape=image_shape)
     arrays: dict[str, Any] = (store.load(vector_keys) if load_vectors else {}) | {k: store.frames(k) for k in policy_cfg.image_keys}
     return store, arrays, policy_cfg
+
+
+@dataclass
+class TrainingData:
+    """One or several stores, concatenated: what the sampler and normalizer see."""
+
+    paths: tuple[Path, ...]
+    env_ids: list[str]
+    episode_ends: np.ndarray
+    arrays: dict[str, Any]
+    policy_cfg: PolicyConfig
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.episode_ends)
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.episode_ends[-1])
+
+
+def load_datasets(paths: tuple[Path, ...], policy_cfg: PolicyConfig, load_vectors: bool = True) -> TrainingData:
+    """`load_training_data` for each store, then concatenated. Stores from several envs add the task one-hot."""
+    from data.loader import ConcatFrames
+
+    base_cfg = policy_cfg  # the stores' own keys; the task one-hot is added below
+    if TASK_KEY in policy_cfg.state_keys or policy_cfg.task_names:
+        base_cfg = dataclasses.replace(policy_cfg, state_keys=tuple(k for k in policy_cfg.state_keys if k != TASK_KEY), state_dims=(), task_names=())
+    loaded = [load_training_data(path, base_cfg, load_vectors) for path in paths]
+    filled = loaded[0][2]
+    for path, (_, _, cfg) in zip(paths[1:], loaded[1:]):
+        shapes = [(f, getattr(filled, f), getattr(cfg, f)) for f in ("state_dims", "action_dim", "image_shape") if getattr(filled, f) != getattr(cfg, f)]
+        if shapes:
+            raise StoreError(f"{path}: does not match {paths[0]}: " + "; ".join(f"{f} {b} vs {a}" for f, a, b in shapes))
+    env_ids = [store.attrs["env_id"] for store, _, _ in loaded]
+    lengths = [store.n_steps for store, _, _ in loaded]
+    ends = np.concatenate([store.episode_ends + offset for (store, _, _), offset in zip(loaded, np.cumsum([0] + lengths[:-1]))])
+    if len(loaded) == 1:
+        arrays = loaded[0][1]
+    else:
+        arrays = {k: (np.concatenate([a[k] for _, a, _ in loaded]) if load_vectors else None) for k in loaded[0][1] if k not in filled.image_keys}
+        arrays = {k: v for k, v in arrays.items() if v is not None} | {k: ConcatFrames([a[k] for _, a, _ in loaded]) for k in filled.image_keys}
+    tasks = list(dict.fromkeys(env_ids))
+    if len(tasks) > 1:  # a multi-task policy: the task id is a state key, filled per row from the store's env
+        if not load_vectors:
+            raise StoreError(f"--data-ram-gb streams a single store; got {len(paths)} stores of {tasks}. Merge them into one store first")
+        arrays[TASK_KEY] = np.concatenate([np.tile(np.eye(len(tasks), dtype=np.float32)[tasks.index(env)], (n, 1)) for env, n in zip(env_ids, lengths)])
+        filled = dataclasses.replace(filled, state_keys=(*filled.state_keys, TASK_KEY), state_dims=(*filled.state_dims, len(tasks)), task_names=tuple(tasks))
+    elif len(paths) > 1 and not load_vectors:
+        raise StoreError(f"--data-ram-gb streams a single store; got {len(paths)}. Merge them into one store first")
+    return TrainingData(tuple(paths), env_ids, ends, arrays, filled)
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------
@@ -307,27 +361,30 @@ def train(cfg: TrainConfig) -> dict:
         prepare_dataset(cfg, run_dir)
     dist_info.barrier()  # the run dir and the demos exist before the other ranks read them
 
-    store_path = prepare_dataset(cfg, run_dir)
-    store, arrays, policy_cfg = load_training_data(store_path, cfg.policy, load_vectors=cfg.data_ram_gb is None)
-    if store.attrs["env_id"] != cfg.env and main_rank:
-        print(f"warning: dataset {store_path} was recorded in {store.attrs['env_id']}, evaluating in {cfg.env}")
+    store_paths = prepare_dataset(cfg, run_dir)
+    data = load_datasets(store_paths, cfg.policy, load_vectors=cfg.data_ram_gb is None)
+    arrays, policy_cfg = data.arrays, data.policy_cfg
+    if cfg.env not in data.env_ids and main_rank:
+        print(f"warning: the dataset was recorded in {sorted(set(data.env_ids))}, evaluating in {cfg.env}")
     if main_rank:
-        print(f"dataset: {store.n_episodes} episodes, {store.n_steps} steps from {store_path}")
+        print(f"dataset: {data.n_episodes} episodes, {data.n_steps} steps from {', '.join(map(str, store_paths))}")
+        if policy_cfg.task_names:
+            print(f"multi-task policy over {list(policy_cfg.task_names)}: state key {TASK_KEY!r} is the task one-hot")
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)  # the same stream on every rank: it draws the global batch
     if cfg.data_ram_gb is None:
         normalizer = Normalizer.fit(arrays, policy_cfg.normalization_modes())
-        sampler: WindowSampler | StreamingWindows = WindowSampler(arrays, store.episode_ends, window_offsets(policy_cfg))
+        sampler: WindowSampler | StreamingWindows = WindowSampler(arrays, data.episode_ends, window_offsets(policy_cfg))
     else:
         sampler = StreamingWindows(
-            store_path, [*policy_cfg.state_keys, policy_cfg.action_key], policy_cfg.image_keys, window_offsets(policy_cfg),
+            store_paths[0], [*policy_cfg.state_keys, policy_cfg.action_key], policy_cfg.image_keys, window_offsets(policy_cfg),
             int(cfg.data_ram_gb * 1e9), cfg.seed, cfg.stream_rotate_every,
         )
         normalizer = sampler.fit_normalizer(policy_cfg.normalization_modes())
         if main_rank:
             resident = len(sampler.resident_episodes(0))
-            print(f"streaming: {resident} of {store.n_episodes} episodes resident at a time (cap {cfg.data_ram_gb} GB), rotating every {cfg.stream_rotate_every} steps")
+            print(f"streaming: {resident} of {data.n_episodes} episodes resident at a time (cap {cfg.data_ram_gb} GB), rotating every {cfg.stream_rotate_every} steps")
     device = torch.device(device_name)
     policy = make_policy(policy_cfg, normalizer)
     if policy_cfg.vision_backbone_weights and not cfg.resume:

@@ -77,7 +77,7 @@ def run_row(args: Args, name: str) -> dict:
     run_dir = args.runs / f"{name}-{args.n_demos}demos-{steps}steps-b{batch}"
     if not (run_dir / "eval.json").exists():
         cfg = dataclasses.replace(
-            train.PRESETS["default"][1], env=env, dataset=demos, policy=policy, steps=steps, batch_size=batch, eval_episodes=args.episodes,
+            train.PRESETS["default"][1], env=env, dataset=(demos,), policy=policy, steps=steps, batch_size=batch, eval_episodes=args.episodes,
             run_dir=run_dir, resume=(run_dir / "train_config.json").exists(), device=args.device, num_threads=args.num_threads, save_every=250,
         )
         start = time.perf_counter()

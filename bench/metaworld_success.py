@@ -70,7 +70,7 @@ def run_task(args: Args, policy: str, task: str) -> dict:
     if not eval_path.exists():
         base = train.PRESETS[PRESET_FOR_POLICY[policy]][1]
         cfg = dataclasses.replace(
-            base, env=f"metaworld/{task}", dataset=demos, steps=args.steps, eval_episodes=args.episodes,
+            base, env=f"metaworld/{task}", dataset=(demos,), steps=args.steps, eval_episodes=args.episodes,
             seed=args.seed, run_dir=run_dir, resume=(run_dir / "train_config.json").exists(),
         )
         train.train(cfg)

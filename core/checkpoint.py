@@ -84,7 +84,10 @@ def prepare_run_dir(run_dir: Path, config: dict, resume: bool, resumable_changes
         if not config_path.is_file():
             raise SystemExit(f"error: --resume but {run_dir} holds no run (no train_config.json)")
         saved = read_json(config_path)
-        diff = {k: (saved.get(k), v) for k, v in config.items() if k not in resumable_changes and saved.get(k) != v}
+        def same(old: object, new: object) -> bool:  # a field that became a list (e.g. dataset) matches its old scalar
+            return old == new or (isinstance(new, list) and new == ([old] if old is not None else []))
+
+        diff = {k: (saved.get(k), v) for k, v in config.items() if k not in resumable_changes and not same(saved.get(k), v)}
         if diff:
             detail = "; ".join(f"{k}: run has {a!r}, command line has {b!r}" for k, (a, b) in diff.items())
             raise SystemExit(f"error: --resume with a different config than {config_path}: {detail}")

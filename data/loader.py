@@ -41,6 +41,32 @@ class LazyFrames:
         return frames[inverse].reshape(*index.shape, *frames.shape[1:])
 
 
+class ConcatFrames:
+    """Several stores' lazy frames as one: global step i lies in the part whose range holds it."""
+
+    def __init__(self, parts: list[LazyFrames]) -> None:
+        shapes = {(p.shape[1:], str(p.dtype)) for p in parts}
+        if len(shapes) != 1:
+            raise ValueError(f"frames differ in shape/dtype across stores: {[(p.where, p.shape[1:], str(p.dtype)) for p in parts]}")
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self.starts[-1]), *parts[0].shape[1:])
+        self.dtype = parts[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index)
+        flat = index.reshape(-1)
+        part = np.searchsorted(self.starts, flat, side="right") - 1
+        out = np.empty((len(flat), *self.shape[1:]), self.dtype)
+        for p in np.unique(part):
+            mask = part == p
+            out[mask] = self.parts[p][flat[mask] - self.starts[p]]
+        return out.reshape(*index.shape, *self.shape[1:])
+
+
 class StepBatches(torch.utils.data.Dataset):
     """Item `s` is the batch of optimizer step `s`, as torch tensors."""
 

@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 SUITES = ("metaworld", "robosuite")
+TASK_KEY = "task"  # = policies.io_config.TASK_KEY; not imported from there, env workers must not import torch
 
 
 def split_env_name(name: str) -> tuple[str, str]:
@@ -33,17 +35,34 @@ def split_env_name(name: str) -> tuple[str, str]:
     return suite, task
 
 
-def make_env(name: str, **kwargs: Any) -> gym.Env:
+def make_env(name: str, task_names: tuple[str, ...] = (), **kwargs: Any) -> gym.Env:
+    """`task_names`: the tasks of a multi-task policy; observations then carry the one-hot `task` of `name`."""
     suite, task = split_env_name(name)
+    if task_names and name not in task_names:
+        raise ValueError(f"this multi-task policy was trained on {list(task_names)}; {name} is not one of them")
     if suite == "metaworld":
         from envs.metaworld import MetaWorldEnv
 
-        return MetaWorldEnv(task, **kwargs)
-    if suite == "robosuite":
+        env: gym.Env = MetaWorldEnv(task, **kwargs)
+    elif suite == "robosuite":
         from envs.robosuite import RobosuiteEnv
 
-        return RobosuiteEnv(task, **kwargs)
-    raise AssertionError(suite)
+        env = RobosuiteEnv(task, **kwargs)
+    else:
+        raise AssertionError(suite)
+    return TaskOneHot(env, list(task_names).index(name), len(task_names)) if task_names else env
+
+
+class TaskOneHot(gym.ObservationWrapper):
+    """Adds `task`: the one-hot of this env's index among a multi-task policy's tasks (float32)."""
+
+    def __init__(self, env: gym.Env, index: int, n_tasks: int) -> None:
+        super().__init__(env)
+        self.onehot = np.eye(n_tasks, dtype=np.float32)[index]
+        self.observation_space = gym.spaces.Dict({**env.observation_space.spaces, TASK_KEY: gym.spaces.Box(0.0, 1.0, (n_tasks,), np.float32)})
+
+    def observation(self, observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**observation, TASK_KEY: self.onehot.copy()}
 
 
 def env_properties(name: str) -> dict[str, Any]:
@@ -67,12 +86,13 @@ def env_properties(name: str) -> dict[str, Any]:
 
 
 def policy_env_kwargs(config: Any) -> dict[str, Any]:
-    """The env options a policy's observations need: its cameras, rendered at its image size."""
+    """The env options a policy's observations need: its cameras at its image size, and its task list."""
     from envs.cameras import camera_of
 
-    if not getattr(config, "image_keys", ()):
-        return {}
-    return {"cameras": tuple(camera_of(k) for k in config.image_keys), "image_size": int(config.image_shape[0])}
+    kwargs: dict[str, Any] = {"task_names": tuple(config.task_names)} if getattr(config, "task_names", ()) else {}
+    if getattr(config, "image_keys", ()):
+        kwargs |= {"cameras": tuple(camera_of(k) for k in config.image_keys), "image_size": int(config.image_shape[0])}
+    return kwargs
 
 
 @contextlib.contextmanager

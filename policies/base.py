@@ -5,7 +5,7 @@ A policy works on observation windows of `n_obs_steps` and predicts chunks of `h
 inputs and outputs of `predict_action_chunk` and `select_action` are in env units.
 
 Checkpoint directory (written by `save_pretrained`, read by `from_pretrained`):
-    config.json             {"policy_type": ..., "format_version": 2, "config": {every hyperparameter}}
+    config.json             {"policy_type": ..., "format_version": 3, "config": {every hyperparameter}}
     model.safetensors       the inference weights (the EMA weights when training used EMA)
     normalizer.safetensors  per-key normalization statistics and modes
 """
@@ -33,12 +33,14 @@ from core.io import (
 from data.normalize import Normalizer
 from policies.vision import MultiCameraEncoder
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Version 1 predates cameras: its policies were state-only. Reading one adds exactly that, as explicit
 # fields (no cameras; the vision fields are then unused), so old checkpoints load and mean what they meant.
 V1_TO_V2_FIELDS = {
     "image_keys": [], "image_shape": [], "crop_shape": [], "vision_keypoints": 32, "vision_feature_dim": 64, "vision_backbone_weights": None,
 }
+# Version 2 predates multi-task policies: every one was single-task.
+V2_TO_V3_FIELDS = {"task_names": []}
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 NORMALIZER_FILE = "normalizer.safetensors"
@@ -151,6 +153,8 @@ class Policy(nn.Module):
         config = config_to_dict(self.config)
         if not config.get("image_keys"):  # camera fields do nothing without cameras: state-only hashes as in format 1
             config = {k: v for k, v in config.items() if k not in V1_TO_V2_FIELDS}
+        if not config.get("task_names"):  # single-task policies hash as in format 2
+            config.pop("task_names", None)
         digest = hashlib.sha256(json.dumps([self.policy_type, config], sort_keys=True).encode())
         tensors = {f"weights/{k}": v for k, v in self.state_dict().items()}
         tensors |= {f"normalizer/{k}": v for k, v in self.normalizer.to_tensors().items()}
@@ -193,10 +197,11 @@ class Policy(nn.Module):
         for field in ("policy_type", "format_version", "config"):
             if field not in payload:
                 raise CheckpointError(f"{path}: missing field {field!r}")
-        if payload["format_version"] == 1 and isinstance(payload["config"], dict):
-            payload["config"] = V1_TO_V2_FIELDS | payload["config"]
-        elif payload["format_version"] != FORMAT_VERSION:
-            raise CheckpointError(f"{path}: format_version {payload['format_version']}, this code reads 1 and {FORMAT_VERSION}")
+        version = payload["format_version"]
+        if version in (1, 2) and isinstance(payload["config"], dict):
+            payload["config"] = (V1_TO_V2_FIELDS if version == 1 else {}) | V2_TO_V3_FIELDS | payload["config"]
+        elif version != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: format_version {version!r}, this code reads 1 to {FORMAT_VERSION}")
         policy_type = payload["policy_type"]
         if not isinstance(policy_type, str) or policy_type not in _REGISTRY:
             raise CheckpointError(f"{path}: unknown policy_type {policy_type!r}; known: {sorted(_REGISTRY)}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+TASK_KEY = "task"
+"""State key of the task one-hot in multi-task stores and observations."""
+
 
 @dataclass(frozen=True)
 class PolicyIOConfig:
@@ -35,6 +38,11 @@ class PolicyIOConfig:
     """Local ResNet-18 weights (.pth state dict or .safetensors) to start from; None trains from scratch.
     Read once when training starts; checkpoints carry the trained weights."""
 
+    # --- multi-task (empty: a single-task policy) ---
+    task_names: tuple[str, ...] = ()
+    """Envs of a multi-task policy, in task-id order. Its state keys then include `task`, the one-hot of the
+    env's index here, which the store rows carry in training and `make_env` adds to observations."""
+
     def __post_init__(self) -> None:
         if len(self.state_dims) not in (0, len(self.state_keys)):
             raise ValueError(f"state_dims {self.state_dims} must give one size per state key {self.state_keys}")
@@ -46,6 +54,8 @@ class PolicyIOConfig:
             raise ValueError(f"crop_shape {self.crop_shape} must be (h, w)")
         if self.crop_shape and self.image_shape and any(c > s for c, s in zip(self.crop_shape, self.image_shape)):
             raise ValueError(f"crop_shape {self.crop_shape} is larger than image_shape {self.image_shape}")
+        if self.task_names and TASK_KEY not in self.state_keys:
+            raise ValueError(f"task_names {self.task_names} need the state key {TASK_KEY!r} (the task one-hot); state_keys are {self.state_keys}")
 
     @property
     def state_dim(self) -> int:
@@ -72,7 +82,7 @@ class PolicyIOConfig:
 
 
 # Fields that a policy wrapping a frozen base (DSRL, residual) copies from the base's config.
-WRAPPED_BASE_FIELDS = ("state_keys", "state_dims", "action_key", "action_dim", "state_norm", "action_norm", "n_obs_steps", "horizon", "n_action_steps")
+WRAPPED_BASE_FIELDS = ("state_keys", "state_dims", "action_key", "action_dim", "state_norm", "action_norm", "n_obs_steps", "horizon", "n_action_steps", "task_names")
 
 
 def require_state_only(config: object, what: str) -> None:

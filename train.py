@@ -205,7 +205,7 @@ def prepare_dataset(cfg: TrainConfig, run_dir: Path) -> tuple[Path, ...]:
         from envs.cameras import camera_of
 
         cameras = tuple(camera_of(k) for k in cfg.policy.image_keys)
-        _, report = collect(CollectConfig(env=cfg.env, episodes=cfg.n_demos, out=path, cameras=cameras, image_size=cfg.image_size))
+        _, report = collect(CollectConfig(env=cfg.env, episodes=cfg.n_demos, out=path, cameras=cameras, image_size=cfg.image_size, resume=cfg.resume))
         print(f"demos: {report.summary()} -> {path}")
     return (path,)
 

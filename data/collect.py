@@ -5,7 +5,8 @@
 
 Episode k uses env seed `seed_start + k`, so every demo is reproducible from its seed. Only successful
 episodes are kept (the expert is run until success plus `post_success_steps`, or the step limit); failures
-are dropped and counted. The store is written to a temporary directory and renamed into place at the end.
+are dropped and counted. The store is written as `<out>.partial`, one committed append per episode, and renamed
+to `<out>` at the end; a killed collection continues with `--resume`.
 Every observation key the env produces is recorded (state, proprio, and image_<camera> uint8 (T, H, W, 3)
 for each of --cameras, one compressed zarr chunk per frame). Episodes are appended one at a time, so
 image demos never sit in RAM all at once.
@@ -13,6 +14,7 @@ image demos never sit in RAM all at once.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-from data.store import EpisodeStore, write_store_atomically
+from data.store import EpisodeStore, replace_store
 from envs.make import env_properties, make_env, split_env_name
 
 
@@ -47,6 +49,8 @@ class CollectConfig:
     """Step limit per attempt (default: the env's)."""
     overwrite: bool = False
     """Replace an existing store at --out."""
+    resume: bool = False
+    """Continue the interrupted collection in <out>.partial (a killed run leaves it there)."""
     cameras: tuple[str, ...] = ()
     """Cameras to record as image_<camera> keys, e.g. corner2 (Meta-World) or agentview (robosuite)."""
     image_size: int = 84
@@ -113,59 +117,88 @@ def rollout_expert(env, act, seed: int, post_success_steps: int) -> tuple[dict[s
     return episode, steps_after_success is not None
 
 
+# Fields that must match when --resume continues an interrupted collection (--episodes may grow).
+RESUME_FIELDS = ("env", "seed_start", "post_success_steps", "max_episode_steps", "cameras", "image_size")
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def open_partial(cfg: CollectConfig, partial: Path) -> tuple[EpisodeStore, CollectReport]:
+    """The interrupted collection at `partial`, its progress reconciled with what was committed."""
+    store = EpisodeStore.open(partial, "a")  # drops an append the kill interrupted
+    attrs = store.attrs
+    saved = attrs.get("collect_config", {})
+    mine = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cfg).items() if k in RESUME_FIELDS}
+    diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
+    if diff:
+        raise CollectionError(f"{partial}: --resume with different settings: " + "; ".join(f"{k}: partial has {a!r}, command has {b!r}" for k, (a, b) in diff.items()))
+    report = CollectReport(list(attrs["episode_seeds"]), list(attrs["dropped_seeds"]))
+    if store.n_episodes == len(report.kept_seeds) + 1 and attrs.get("pending_seed") is not None:
+        report.kept_seeds.append(attrs["pending_seed"])  # killed after the append committed, before the seeds were saved
+    if store.n_episodes != len(report.kept_seeds):
+        raise CollectionError(f"{partial}: holds {store.n_episodes} episodes but records {len(report.kept_seeds)} seeds; delete it and collect again")
+    return store, report
+
+
 def collect(cfg: CollectConfig, progress: bool = True) -> tuple[EpisodeStore, CollectReport]:
+    """Collect into `<out>.partial` (one committed append per kept episode), then rename it to `out`.
+
+    A killed collection leaves the partial store; `cfg.resume` continues it from the next seed."""
     act = expert_for(cfg.env)  # fails fast on unknown envs and broken experts
-    if Path(cfg.out).exists() and not cfg.overwrite:
-        raise CollectionError(f"{cfg.out} already exists; pass --overwrite to replace it or choose another --out")
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise CollectionError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    partial = partial_path(out)
+    if partial.exists() and not cfg.resume:
+        raise CollectionError(f"{partial}: an interrupted collection is there; pass --resume to continue it, or delete it to start over")
     env_kwargs = {"max_episode_steps": cfg.max_episode_steps} if cfg.max_episode_steps else {}
     if cfg.cameras:
         env_kwargs |= {"cameras": tuple(cfg.cameras), "image_size": cfg.image_size}
     env = make_env(cfg.env, **env_kwargs)  # an unknown camera fails here, listing the env's cameras
+    props = env_properties(cfg.env)
     max_attempts = cfg.max_attempts or 2 * cfg.episodes + 10
-    report = CollectReport([], [])
-
-    def successful_episodes():
-        """Yields kept episodes one by one (the store appends each as it comes); raises if too few succeed."""
-        bar = tqdm(total=cfg.episodes, desc=f"collect {cfg.env}", disable=not progress)
-        for attempt in range(max_attempts):
-            if len(report.kept_seeds) == cfg.episodes:
-                break
+    try:
+        if partial.exists():
+            store, report = open_partial(cfg, partial)
+            print(f"resuming {partial}: {report.summary()}")
+        else:
+            config = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cfg).items() if k in RESUME_FIELDS}
+            creating = partial.with_name(f"{partial.name}.creating-{os.getpid()}")  # created whole, then renamed: a kill leaves no half store
+            EpisodeStore.create(creating, env_id=cfg.env, fps=props["fps"], source="scripted expert (data.collect)", overwrite=True,
+                                extra_attrs={"collect_config": config, "episode_seeds": [], "dropped_seeds": [], "pending_seed": None})
+            os.rename(creating, partial)
+            store, report = EpisodeStore.open(partial, "a"), CollectReport([], [])
+        bar = tqdm(total=cfg.episodes, initial=len(report.kept_seeds), desc=f"collect {cfg.env}", disable=not progress)
+        attempt = len(report.kept_seeds) + len(report.dropped_seeds)
+        while len(report.kept_seeds) < cfg.episodes and attempt < max_attempts:
             seed = cfg.seed_start + attempt
+            attempt += 1
             episode, success = rollout_expert(env, act, seed, cfg.post_success_steps)
             if success:
+                store.update_attrs({"pending_seed": seed})
+                store.append_episode(episode)  # the commit point
                 report.kept_seeds.append(seed)
                 bar.update(1)
-                yield episode
             else:
                 report.dropped_seeds.append(seed)
+            store.update_attrs({"episode_seeds": report.kept_seeds, "dropped_seeds": report.dropped_seeds, "pending_seed": None})
         bar.close()
-        if len(report.kept_seeds) < cfg.episodes:
-            raise CollectionError(
-                f"{cfg.env}: the scripted expert succeeded in only {len(report.kept_seeds)} of {max_attempts} attempts "
-                f"(wanted {cfg.episodes}); raise --max-attempts or pick another task. Nothing was written."
-            )
-
-    props = env_properties(cfg.env)
-    try:
-        store = write_store_atomically(
-            cfg.out,
-            successful_episodes(),
-            env_id=cfg.env,
-            fps=props["fps"],
-            source="scripted expert (data.collect)",
-            extra_attrs=lambda: {
-                "episode_seeds": report.kept_seeds,
-                "dropped_seeds": report.dropped_seeds,
-                "post_success_steps": cfg.post_success_steps,
-                "success_definition": props["success_definition"],
-                "cameras": list(cfg.cameras),
-                "image_size": cfg.image_size if cfg.cameras else None,
-            },
-            overwrite=cfg.overwrite,
-        )
     finally:
         env.close()
-    return store, report
+    if len(report.kept_seeds) < cfg.episodes:
+        raise CollectionError(
+            f"{cfg.env}: the scripted expert succeeded in only {len(report.kept_seeds)} of {attempt} attempts (wanted {cfg.episodes}); "
+            f"raise --max-attempts (then --resume) or pick another task. The partial store is at {partial}."
+        )
+    attrs = {k: v for k, v in store.attrs.items() if k not in ("pending_seed", "collect_config")}
+    store.replace_attrs(attrs | {
+        "post_success_steps": cfg.post_success_steps, "success_definition": props["success_definition"],
+        "cameras": list(cfg.cameras), "image_size": cfg.image_size if cfg.cameras else None,
+    })
+    replace_store(partial, out, overwrite=cfg.overwrite)
+    return EpisodeStore.open(out, "r"), report
 
 
 def main() -> None:

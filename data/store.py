@@ -191,6 +191,19 @@ class EpisodeStore:
             raise
         self._ends = np.append(self._ends, np.int64(n_new))
 
+    def update_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Set root attributes (JSON values); zarr writes the metadata file atomically."""
+        self.replace_attrs(self.attrs | dict(attrs))
+
+    def replace_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Replace all root attributes; the required ones (env_id, fps, source, schema_version) are checked."""
+        if self.mode != "a":
+            raise StoreError(f"{self.path}: opened read-only (mode 'r'); open with mode='a' to change attributes")
+        problems = _attr_problems(dict(attrs))
+        if problems:
+            raise StoreError(f"{self.path}: " + "; ".join(problems))
+        self._root.attrs.put(dict(attrs))  # one metadata write, so a kill leaves the old attributes or the new
+
     def _checked_episode(self, episode: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Validate an episode against the store; return arrays cast to the stored dtypes."""
         if not isinstance(episode, Mapping) or not episode:
@@ -443,6 +456,13 @@ def write_store_atomically(
 
 
 # --------------------------------------------------------------------- helpers
+
+
+def replace_store(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Rename the finished store `tmp` to `path` (replacing an old one only with `overwrite`)."""
+    old = _move_into_place(tmp, path, secrets.token_hex(4), overwrite)
+    if old is not None:
+        _remove(old)
 
 
 def _move_into_place(tmp: Path, path: Path, tag: str, overwrite: bool) -> Path | None:

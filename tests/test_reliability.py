@@ -167,3 +167,31 @@ def test_unwritten_episode_ends_slot_is_reported_and_repaired(tmp_path):
     assert repaired.validate() == [] and repaired.n_episodes == 3
     repaired.append_episode(expected_episode(3))
     assert EpisodeStore.open(path).validate() == []
+
+
+def test_killed_collection_resumes_to_the_same_store(tmp_path):
+    """kill -9 mid-collection leaves <out>.partial; --resume finishes it with the demos a clean run records."""
+    from data.collect import CollectConfig, CollectionError, collect
+
+    clean, _ = collect(CollectConfig(env="metaworld/reach-v3", episodes=4, out=tmp_path / "clean.zarr"), progress=False)
+    out = tmp_path / "demos.zarr"
+    partial = out.with_name("demos.zarr.partial")
+    cmd = [sys.executable, "-m", "data.collect", "--env", "metaworld/reach-v3", "--episodes", "4", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "MUJOCO_GL": "egl"})
+    deadline = time.time() + 120
+    while not (partial.exists() and EpisodeStore.open(partial).n_episodes >= 1):
+        assert proc.poll() is None and time.time() < deadline, "the collector finished or stalled before the kill"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and partial.exists()
+    with pytest.raises(CollectionError, match="pass --resume"):
+        collect(CollectConfig(env="metaworld/reach-v3", episodes=4, out=out), progress=False)
+    with pytest.raises(CollectionError, match="seed_start: partial has 0, command has 5"):
+        collect(CollectConfig(env="metaworld/reach-v3", episodes=4, out=out, seed_start=5, resume=True), progress=False)
+    resumed, report = collect(CollectConfig(env="metaworld/reach-v3", episodes=4, out=out, resume=True), progress=False)
+    assert not partial.exists() and resumed.validate() == []
+    assert resumed.attrs["episode_seeds"] == clean.attrs["episode_seeds"] and "pending_seed" not in resumed.attrs
+    for k in range(4):
+        a, b = resumed.get_episode(k), clean.get_episode(k)
+        assert a.keys() == b.keys() and all(np.array_equal(a[key], b[key]) for key in a)

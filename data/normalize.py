@@ -25,6 +25,7 @@ MODES = ("min_max", "mean_std", "identity")
 REQUIRED_STATS = {"min_max": ("min", "max"), "mean_std": ("mean", "std"), "identity": ()}
 MIN_RANGE = 1e-4
 MIN_STD = 1e-4
+FIT_BLOCK_ROWS = 65_536
 _FORMAT = "chunkbot.Normalizer/1"
 _LOAD_HINT = "expected a safetensors file written by Normalizer.save"
 
@@ -57,7 +58,12 @@ class Normalizer:
     @classmethod
     def fit(cls, data: Mapping[str, np.ndarray], modes: Mapping[str, str]) -> Normalizer:
         """Compute min/max/mean/std of every key in ``modes`` over all but the last axis."""
-        return cls.fit_blocks([data], modes)
+        rows = {k: np.asarray(data[k]) for k in modes if k in data}
+        n = min((len(v) for v in rows.values()), default=0)
+        if n == 0 or any(len(v) != n for v in rows.values()):  # let fit_blocks report the problem
+            return cls.fit_blocks([data], modes)
+        step = FIT_BLOCK_ROWS  # float64 temporaries stay a few MB, whatever the data size
+        return cls.fit_blocks(({k: v[i : i + step] for k, v in rows.items()} for i in range(0, n, step)), modes)
 
     @classmethod
     def fit_blocks(cls, blocks: Iterable[Mapping[str, np.ndarray]], modes: Mapping[str, str]) -> Normalizer:

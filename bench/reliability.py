@@ -176,32 +176,45 @@ def sweep_kills(args: Args) -> dict:
             "note": "6 jobs per sweep; killed after 1..n jobs finished"}
 
 
+def flip_trials(n: int, rng: np.random.Generator, source: Path, scratch: Path, target_of, read, same, errors: tuple[type[Exception], ...]) -> tuple[int, int, int]:
+    """Copy `source` to `scratch`, XOR one random byte of `target_of(copy, trial)`, `read` it back.
+    Returns (detected: read raised one of `errors`, identical: `same(result)`, garbage: neither)."""
+    detected = identical = garbage = 0
+    for trial in range(n):
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.copytree(source, scratch)
+        target = target_of(scratch, trial)
+        raw = bytearray(target.read_bytes())
+        raw[rng.integers(len(raw))] ^= int(rng.integers(1, 256))
+        target.write_bytes(bytes(raw))
+        try:
+            result = read(scratch)
+        except errors:
+            detected += 1
+            continue
+        identical += same(result)
+        garbage += not same(result)
+    return detected, identical, garbage
+
+
 def zarr_flips(args: Args, rng: np.random.Generator) -> dict:
     from data.store import EpisodeStore, StoreError
 
     src = push_demos(args)
     reference = EpisodeStore.open(src).load()
-    detected = identical = garbage = 0
-    for trial in range(args.flips):
-        path = args.runs / "flip.zarr"
-        shutil.rmtree(path, ignore_errors=True)
-        shutil.copytree(src, path)
+
+    def read(path: Path) -> dict:
+        store = EpisodeStore.open(path)
+        store.check()
+        return store.load()
+
+    def chunk(path: Path, trial: int) -> Path:
         chunks = sorted(p for p in (path / "data").rglob("c/**/*") if p.is_file())
-        target = chunks[rng.integers(len(chunks))]
-        raw = bytearray(target.read_bytes())
-        raw[rng.integers(len(raw))] ^= int(rng.integers(1, 256))
-        target.write_bytes(bytes(raw))
-        try:
-            store = EpisodeStore.open(path)
-            store.check()
-            data = store.load()
-        except (StoreError, OSError):
-            detected += 1
-            continue
-        if all(np.array_equal(data[k], reference[k]) for k in reference):
-            identical += 1
-        else:
-            garbage += 1
+        return chunks[rng.integers(len(chunks))]
+
+    detected, identical, garbage = flip_trials(
+        args.flips, rng, src, args.runs / "flip.zarr", chunk, read, lambda data: all(np.array_equal(data[k], reference[k]) for k in reference), (StoreError, OSError)
+    )
     return {"fault": "flipped byte in a zarr data chunk", "injected": args.flips, "survived": detected + identical, "bytes_lost": 0,
             "note": f"{detected} detected, {identical} read back identical, {garbage} returned garbage"}
 
@@ -214,24 +227,11 @@ def safetensors_flips(args: Args, rng: np.random.Generator) -> dict:
 
     ckpt = (args.runs / "sweep-ckpt" / "checkpoints" / "last").resolve()
     reference = Policy.from_pretrained(ckpt).state_dict()
-    detected = identical = garbage = 0
-    for trial in range(args.flips):
-        copy = args.runs / "flip-ckpt"
-        shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(ckpt, copy)
-        target = copy / ("model.safetensors" if trial % 2 == 0 else "normalizer.safetensors")
-        raw = bytearray(target.read_bytes())
-        raw[rng.integers(len(raw))] ^= int(rng.integers(1, 256))
-        target.write_bytes(bytes(raw))
-        try:
-            loaded = Policy.from_pretrained(copy).state_dict()
-        except (CheckpointError, ValueError, RuntimeError):
-            detected += 1
-            continue
-        if all(torch.equal(loaded[k], reference[k]) for k in reference):
-            identical += 1
-        else:
-            garbage += 1
+    detected, identical, garbage = flip_trials(
+        args.flips, rng, ckpt, args.runs / "flip-ckpt", lambda path, trial: path / ("model.safetensors" if trial % 2 == 0 else "normalizer.safetensors"),
+        lambda path: Policy.from_pretrained(path).state_dict(), lambda loaded: all(torch.equal(loaded[k], reference[k]) for k in reference),
+        (CheckpointError, ValueError, RuntimeError),
+    )
     return {"fault": "flipped byte in a checkpoint safetensors file", "injected": args.flips, "survived": detected + identical, "bytes_lost": 0,
             "note": f"{detected} detected, {identical} loaded identical, {garbage} loaded garbage"}
 

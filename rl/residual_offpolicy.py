@@ -131,8 +131,11 @@ def base_dataset(base_path: Path) -> Path:
     for run_dir in (base_path, base_path.parent.parent, base_path.resolve().parent.parent):
         config = run_dir / "train_config.json"
         if config.is_file():
-            dataset = read_json(config).get("dataset") or run_dir / "demos.zarr"
-            return Path(dataset)
+            dataset = read_json(config).get("dataset") or [run_dir / "demos.zarr"]
+            datasets = [dataset] if isinstance(dataset, str) else dataset  # a single path in runs before multi-store training
+            if len(datasets) != 1:
+                raise ValueError(f"{base_path} was trained on {len(datasets)} stores {datasets}; pass the demos for the residual with --dataset")
+            return Path(datasets[0])
     raise ValueError(f"cannot tell which demos {base_path} was trained on (no train_config.json in its run dir); pass --dataset")
 
 

@@ -210,7 +210,7 @@ def sweep(cfg: SweepConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = tyro.cli(SweepConfig, args=argv)
+    cfg = tyro.cli(SweepConfig, args=argv, prog="eval.py sweep")
     try:
         result = sweep(cfg)
     except (CheckpointError, ValueError) as e:

@@ -132,7 +132,7 @@ class TrainConfig:
     """Loader processes that read and batch image windows (image policies only; state windows come from RAM)."""
     data_ram_gb: float | None = None
     """RAM cap for the low-dim keys (state, action) and window indices. None: load them whole. Set, whole episodes
-    stream from the store through a resident set of half the cap that rotates (data/stream.py; docs/scaling.md)."""
+    stream from the store through a resident set of 40% of the cap that rotates (data/stream.py; docs/scaling.md)."""
     stream_rotate_every: int = 200
     """With --data-ram-gb: optimizer steps between rotations of the resident episode set."""
     image_size: int = 84

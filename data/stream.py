@@ -2,7 +2,8 @@
 
 `train.py --data-ram-gb X` uses this instead of loading the low-dim keys whole. At any step the sampler
 draws windows from a *resident set*: whole episodes, read from zarr as contiguous slices, whose low-dim data
-plus window indices fit in half the cap (the other half holds the next set while it is being built). Every
+plus window indices fit in 40% of the cap (the next set is built beside it, and the sampler's index
+construction needs temporaries). Every
 `rotate_every` optimizer steps the set slides along a fixed random episode order: the oldest
 `rotate_fraction` of it is dropped and as many new episodes are read. Over the run every episode becomes
 resident; within a rotation period batches come from the resident set only (the usual shuffle-buffer trade).
@@ -25,6 +26,7 @@ from data.sampler import WindowSampler
 from data.store import EpisodeStore, StoreError
 
 INDEX_BYTES_PER_OFFSET = 9  # WindowSampler keeps an int64 index and a bool pad flag per offset and anchor
+RESIDENT_FRACTION = 0.4  # of the cap: the old and the new set coexist during a rotation, plus the sampler's temporaries
 
 
 class RemappedFrames:
@@ -68,11 +70,11 @@ class StreamingWindows:
         specs = store.key_specs()
         row_bytes = sum(int(np.prod(specs[k].shape)) * np.dtype(specs[k].dtype).itemsize for k in self.vector_keys)
         self.step_bytes = row_bytes + INDEX_BYTES_PER_OFFSET * sum(len(v) for v in self.offsets.values()) + 8
-        self.resident_budget = ram_budget_bytes // 2
+        self.resident_budget = int(ram_budget_bytes * RESIDENT_FRACTION)
         if self.lengths.max() * self.step_bytes > self.resident_budget:
             raise StoreError(
                 f"{self.store_path}: the longest episode ({int(self.lengths.max())} steps, {self.lengths.max() * self.step_bytes / 1e6:.1f} MB "
-                f"of low-dim data and window indices) exceeds half the data RAM cap ({ram_budget_bytes / 1e9:.3f} GB); raise --data-ram-gb"
+                f"of low-dim data and window indices) exceeds {RESIDENT_FRACTION:.0%} of the data RAM cap ({ram_budget_bytes / 1e9:.3f} GB); raise --data-ram-gb"
             )
         self.order = np.random.default_rng([seed, 0x5EED]).permutation(len(self.ends))
         self.fits_whole = int(self.lengths.sum()) * self.step_bytes <= self.resident_budget
@@ -109,24 +111,27 @@ class StreamingWindows:
         return self._sampler
 
     def _build(self, episodes: list[int]) -> None:
+        """New resident arrays, allocated once and filled in place: kept episodes are copied from the old
+        arrays, new ones read from the store one at a time. Peak: old set + new set + one episode."""
         store = EpisodeStore.open(self.store_path)
         starts = self.ends - self.lengths
         old_arrays, old_resident = self._arrays, self._resident
-        self._arrays, self._sampler = {}, None  # the old set stays alive only until the new one is built
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.vector_keys}
+        self._arrays, self._sampler = {}, None
+        specs = store.key_specs()
+        total = int(sum(self.lengths[e] for e in episodes))
+        arrays: dict = {k: np.empty((total, *specs[k].shape), specs[k].dtype) for k in self.vector_keys}
         resident, cursor = {}, 0
         for episode in episodes:
             length = int(self.lengths[episode])
             for key in self.vector_keys:
                 if episode in old_resident:
                     lo, hi = old_resident[episode]
-                    parts[key].append(old_arrays[key][lo:hi])
+                    arrays[key][cursor : cursor + length] = old_arrays[key][lo:hi]
                 else:
-                    parts[key].append(store.read(key, int(starts[episode]), int(self.ends[episode])))
+                    arrays[key][cursor : cursor + length] = store.read(key, int(starts[episode]), int(self.ends[episode]))
             resident[episode] = (cursor, cursor + length)
             cursor += length
-        arrays: dict = {k: np.concatenate(v) for k, v in parts.items()}
-        del parts, old_arrays
+        del old_arrays
         global_steps = np.concatenate([np.arange(starts[e], self.ends[e]) for e in episodes])
         for key in self.image_keys:
             arrays[key] = RemappedFrames(store.frames(key), global_steps)

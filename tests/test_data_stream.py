@@ -10,7 +10,7 @@ import train
 from data.normalize import Normalizer
 from data.sampler import WindowSampler
 from data.store import EpisodeStore, StoreError
-from data.stream import StreamingWindows
+from data.stream import RESIDENT_FRACTION, StreamingWindows
 
 OFFSETS = {"state": [-1, 0], "action": [-1, 0, 1, 2]}
 LENGTHS = [7, 3, 12, 5, 9, 4, 11, 6, 8, 10]
@@ -47,7 +47,7 @@ def test_store_that_fits_gives_the_in_ram_windows(step_store):
 
 
 def test_small_cap_keeps_resident_set_bounded_rotates_through_all_episodes_and_windows_are_exact(step_store):
-    windows = streaming(step_store, budget_bytes=2 * 30 * streaming(step_store, 10**9).step_bytes)  # 30 of 75 steps resident
+    windows = streaming(step_store, budget_bytes=int(30 / RESIDENT_FRACTION) * streaming(step_store, 10**9).step_bytes)  # 30 of 75 steps resident
     assert not windows.fits_whole
     ref = full_sampler(step_store)
     seen: set[int] = set()
@@ -68,7 +68,7 @@ def test_small_cap_keeps_resident_set_bounded_rotates_through_all_episodes_and_w
 
 def test_streamed_normalizer_equals_in_ram_fit(step_store):
     modes = {"state": "mean_std", "action": "min_max"}
-    windows = streaming(step_store, budget_bytes=2 * 20 * streaming(step_store, 10**9).step_bytes)
+    windows = streaming(step_store, budget_bytes=int(20 / RESIDENT_FRACTION) * streaming(step_store, 10**9).step_bytes)
     streamed = windows.fit_normalizer(modes).to_tensors()
     exact = Normalizer.fit(EpisodeStore.open(step_store).load(["state", "action"]), modes).to_tensors()
     assert streamed.keys() == exact.keys()
@@ -95,7 +95,7 @@ def test_train_with_a_cap_that_fits_matches_in_ram_training(tmp_path, push_demos
 def test_train_streaming_under_a_tiny_cap_resumes_exactly(tmp_path, push_demos, capsys):
     lengths = np.diff(EpisodeStore.open(push_demos).episode_ends, prepend=0)
     step_bytes = StreamingWindows(push_demos, ["state", "action"], [], {"state": [-1, 0], "action": list(range(-1, 7))}, 10**9, 0, 1).step_bytes
-    cap_gb = 2 * (lengths.max() + 1) * step_bytes / 1e9  # room for one demo at a time: the resident demo changes every step
+    cap_gb = (lengths.max() + 1) * step_bytes / RESIDENT_FRACTION / 1e9  # room for one demo at a time: the resident demo changes every step
     cap = ["--data-ram-gb", f"{cap_gb:.9f}", "--stream-rotate-every", "1"]
     straight = run(tmp_path / "straight", push_demos, "--steps", "4", *cap)
     assert "streaming: 1 of 2 episodes resident" in capsys.readouterr().out

@@ -57,7 +57,7 @@ from core.io import (
 from data.normalize import Normalizer
 from data.sampler import WindowSampler
 from data.store import EpisodeStore, StoreError
-from data.stream import StreamingWindows
+from data.stream import StreamingWindows, limit_malloc_arenas
 from envs.make import split_env_name
 from policies import (
     POLICY_FOR_CONFIG,
@@ -362,6 +362,8 @@ def train(cfg: TrainConfig) -> dict:
     dist_info.barrier()  # the run dir and the demos exist before the other ranks read them
 
     store_paths = prepare_dataset(cfg, run_dir)
+    if cfg.data_ram_gb is not None:
+        limit_malloc_arenas()  # before the first store scan; see data/stream.py
     data = load_datasets(store_paths, cfg.policy, load_vectors=cfg.data_ram_gb is None)
     arrays, policy_cfg = data.arrays, data.policy_cfg
     if cfg.env not in data.env_ids and main_rank:

@@ -16,6 +16,7 @@ ids). Image keys stay lazy frame views over the store (one zarr chunk per frame)
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -26,7 +27,18 @@ from data.sampler import WindowSampler
 from data.store import EpisodeStore, StoreError
 
 INDEX_BYTES_PER_OFFSET = 9  # WindowSampler keeps an int64 index and a bool pad flag per offset and anchor
+M_ARENA_MAX = -8  # mallopt parameter (glibc malloc.h)
 RESIDENT_FRACTION = 0.4  # of the cap: the old and the new set coexist during a rotation, plus the sampler's temporaries
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's heap arenas. zarr decompresses chunks in a thread pool and glibc gives each thread an
+    arena that keeps freed chunk buffers: scanning a 2 GB store left +196 MB RSS with the default arenas,
+    +53 MB with 2. No-op off glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):
+        pass
 
 
 class RemappedFrames:

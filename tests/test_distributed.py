@@ -65,3 +65,13 @@ def test_torchrun_train_saves_on_rank0_resumes_and_evaluates(tmp_path, push_demo
     assert json.loads((run_dir / "eval.json").read_text())["n_episodes"] == 1
     weights = load_file(str(run_dir / "checkpoints" / "last" / "model.safetensors"))
     assert all(np.isfinite(w.numpy()).all() for w in weights.values())
+
+
+def test_torchrun_vqbet_crosses_its_phase_boundary(tmp_path, push_demos):
+    """VQ-BeT freezes its tokenizer after phase 1: DDP must cope with parameters that stop receiving gradients."""
+    run_dir = tmp_path / "vq"
+    proc = torchrun("train.py", "vqbet-tiny", "--env", "metaworld/push-v3", "--dataset", str(push_demos), "--run-dir", str(run_dir), "--steps", "4", "--eval-episodes", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    phases = [json.loads(line)["phase"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert phases == [1.0, 1.0, 2.0, 2.0]
+    assert all(np.isfinite(w.numpy()).all() for w in load_file(str(run_dir / "checkpoints" / "last" / "model.safetensors")).values())

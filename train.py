@@ -140,9 +140,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         split_env_name(self.env)
-        for name in ("steps", "batch_size", "log_every", "save_every"):
+        for name in ("steps", "batch_size", "log_every", "save_every", "stream_rotate_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.data_ram_gb is not None and not self.data_ram_gb > 0:
+            raise ValueError(f"data_ram_gb must be > 0 (or unset to load the low-dim data whole), got {self.data_ram_gb}")
 
     def resolved_run_dir(self) -> Path:
         if self.run_dir is not None:

@@ -18,8 +18,8 @@ from typing import Literal
 import torch
 import tyro
 
-from core.checkpoint import resolve_checkpoint
-from core.io import CheckpointError, atomic_write_json, read_json
+from core.checkpoint import env_of_checkpoint, resolve_checkpoint
+from core.io import CheckpointError, atomic_write_json
 from envs.rollout import evaluate
 from policies.base import Policy
 
@@ -56,11 +56,6 @@ class EvalConfig:
     """Show a progress bar."""
 
 
-def env_of_run(ckpt: Path) -> str | None:
-    train_config = ckpt.parent.parent / "train_config.json"
-    return read_json(train_config)["env"] if train_config.is_file() else None
-
-
 def main() -> None:
     if sys.argv[1:2] == ["sweep"]:  # checkpoints x tasks x seed blocks in parallel processes (envs/sweep.py)
         from envs.sweep import main as sweep_main
@@ -78,7 +73,7 @@ def main() -> None:
         if not hasattr(policy, "sample_scheduler"):
             raise SystemExit(f"error: --num-inference-steps applies to diffusion policies, {ckpt} holds a {policy.policy_type} policy")
         policy.sample_scheduler.set_timesteps(cfg.num_inference_steps)
-    env = cfg.env or env_of_run(ckpt)
+    env = cfg.env or env_of_checkpoint(ckpt)
     if env is None:
         raise SystemExit(f"error: {ckpt} is not inside a run dir with train_config.json; pass --env")
     record = {"checkpoint": str(ckpt), "policy_type": policy.policy_type, "num_inference_steps": cfg.num_inference_steps, "torch": torch.__version__}

@@ -437,7 +437,7 @@ def train(cfg: TrainConfig) -> dict:
         from data.loader import step_batch_loader
 
         image_batches = step_batch_loader(
-            sampler, cfg.batch_size, cfg.seed, step, stop_at, cfg.num_workers, device.type == "cuda", dist_info.rank, dist_info.world_size
+            sampler, cfg.batch_size, cfg.seed, step, stop_at, cfg.num_workers, device.type == "cuda", dist_info
         )
     while step < stop_at:
         t0 = time.perf_counter()

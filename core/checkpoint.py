@@ -52,6 +52,14 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return last.resolve() if last.exists() else None
 
 
+def env_of_checkpoint(ckpt: Path) -> str | None:
+    """The env a checkpoint was trained for, from the train_config.json of its run (or beside it), else None."""
+    for candidate in (ckpt / "train_config.json", ckpt.parent.parent / "train_config.json"):
+        if candidate.is_file():
+            return read_json(candidate).get("env")
+    return None
+
+
 def save_rng_states(path: Path, numpy_rng: np.random.Generator, torch_states: list[torch.Tensor] | None = None) -> dict:
     """Torch RNG goes to a safetensors file; the numpy Generator state is returned for a JSON file.
 

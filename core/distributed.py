@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node 2 train.py default --run-dir runs/ddp          # one machine, 2 processes
     torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 \\
-        --rdzv-backend c10d --rdzv-endpoint host0:29500 train.py ...        # multi-node (docs/distributed.md)
+        --rdzv-backend c10d --rdzv-endpoint host0:29500 train.py ...        # multi-node (docs/scaling.md)
 
 Without torchrun's environment (WORLD_SIZE unset or 1) everything here is a no-op and `train.py` runs as a
 single process. Backend: NCCL when training on CUDA, gloo on CPU.

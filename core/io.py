@@ -90,9 +90,6 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"missing file {path}")
     return read_safetensors(path)[0]
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import zarr
 
+from core.distributed import DistInfo
 from data.sampler import WindowSampler
 from data.stream import StreamingWindows
 
@@ -70,9 +71,8 @@ class ConcatFrames:
 class StepBatches(torch.utils.data.Dataset):
     """Item `s` is the batch of optimizer step `s`, as torch tensors."""
 
-    def __init__(self, sampler: WindowSampler | StreamingWindows, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
-        self.rank, self.world_size = rank, world_size
+    def __init__(self, sampler: WindowSampler | StreamingWindows, batch_size: int, seed: int, dist_info: DistInfo = DistInfo()) -> None:
+        self.sampler, self.batch_size, self.seed, self.dist_info = sampler, batch_size, seed, dist_info
 
     def __len__(self) -> int:
         return 2**62
@@ -80,21 +80,21 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])
         sampler = self.sampler.sampler_at(step)
-        ids = rng.integers(0, len(sampler), self.batch_size * self.world_size)  # the global batch; this rank reads its slice
-        ids = ids[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        ids = self.dist_info.rank_slice(rng.integers(0, len(sampler), self.batch_size * self.dist_info.world_size))  # global batch, own slice
         return {k: torch.from_numpy(v) for k, v in sampler.sample(ids).items()}
 
 
 def step_batch_loader(
-    sampler: WindowSampler | StreamingWindows, batch_size: int, seed: int, start_step: int, stop_step: int, num_workers: int, pin_memory: bool, rank: int = 0, world_size: int = 1
+    sampler: WindowSampler | StreamingWindows, batch_size: int, seed: int, start_step: int, stop_step: int, num_workers: int, pin_memory: bool,
+    dist_info: DistInfo = DistInfo(),
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches for steps start_step..stop_step-1, built by `num_workers` spawned processes (0: in this one).
 
-    With `world_size` > 1 each step's global batch is batch_size * world_size windows and rank r gets slice r."""
+    Under torchrun (`dist_info`) each step's global batch is batch_size * world_size windows and each rank gets its slice."""
     from envs.make import spawn_without_main_module
 
     loader = torch.utils.data.DataLoader(
-        StepBatches(sampler, batch_size, seed, rank, world_size),
+        StepBatches(sampler, batch_size, seed, dist_info),
         batch_size=None,
         sampler=range(start_step, stop_step),
         num_workers=num_workers,

@@ -283,7 +283,7 @@ class PolicyServer:
 
 def load_for_serving(checkpoint: Path, device: str = "cpu", env: str | None = None, fps: float | None = None) -> tuple[Policy, dict[str, Any]]:
     """Load a checkpoint (or run dir) and build the metadata sent on connect."""
-    from core.checkpoint import resolve_checkpoint
+    from core.checkpoint import env_of_checkpoint, resolve_checkpoint
     from envs.make import env_properties
 
     ckpt = resolve_checkpoint(Path(checkpoint))
@@ -305,15 +305,6 @@ def load_for_serving(checkpoint: Path, device: str = "cpu", env: str | None = No
         "actions_per_reply": c.horizon - c.n_obs_steps + 1,
     }
     return policy, metadata
-
-
-def env_of_checkpoint(ckpt: Path) -> str | None:
-    from core.io import read_json
-
-    for candidate in (ckpt / "train_config.json", ckpt.parent.parent / "train_config.json"):
-        if candidate.is_file():
-            return read_json(candidate).get("env")
-    return None
 
 
 class ServerThread:

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import tyro
 
-from core.checkpoint import resolve_checkpoint
-from core.io import CheckpointError, atomic_write_bytes, atomic_write_json, read_json
+from core.checkpoint import env_of_checkpoint, resolve_checkpoint
+from core.io import CheckpointError, atomic_write_bytes, atomic_write_json
 from envs.rollout import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,10 +103,10 @@ def plan_jobs(cfg: SweepConfig) -> list[Job]:
 
 
 def own_env(ckpt: Path) -> str:
-    train_config = ckpt.parent.parent / "train_config.json"
-    if not train_config.is_file():
+    env = env_of_checkpoint(ckpt)
+    if env is None:
         raise CheckpointError(f"{ckpt}: not inside a run dir with train_config.json; pass --tasks")
-    return read_json(train_config)["env"]
+    return env
 
 
 def finished(job: Job, path: Path) -> dict | None:

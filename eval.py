@@ -22,6 +22,7 @@ from core.checkpoint import env_of_checkpoint, resolve_checkpoint
 from core.io import CheckpointError, atomic_write_json
 from envs.rollout import evaluate
 from policies.base import Policy
+from policies.diffusion.policy import DiffusionPolicy
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,10 @@ class EvalConfig:
     device: str = "cpu"
     """torch device."""
     num_inference_steps: int | None = None
-    """Override the diffusion denoising steps (default: the checkpoint's)."""
+    """Override the diffusion sampling steps (default: the checkpoint's)."""
+    sampler: str | None = None
+    """Override the diffusion sampler (default: the checkpoint's): ddim, dpm_solver, unipc or ddpm for objective
+    ddpm; euler for objective flow."""
     latency_ms: float | None = None
     """Run through the deployment executor with this simulated observation-to-action delay (docs/deploy.md)."""
     executor: Literal["prefetch", "sync"] = "prefetch"
@@ -69,14 +73,17 @@ def main() -> None:
         policy.check_ready()
     except (CheckpointError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
-    if cfg.num_inference_steps is not None:
-        if not hasattr(policy, "sample_scheduler"):
-            raise SystemExit(f"error: --num-inference-steps applies to diffusion policies, {ckpt} holds a {policy.policy_type} policy")
-        policy.sample_scheduler.set_timesteps(cfg.num_inference_steps)
+    if cfg.num_inference_steps is not None or cfg.sampler is not None:
+        if not isinstance(policy, DiffusionPolicy):
+            raise SystemExit(f"error: --num-inference-steps and --sampler apply to diffusion policies, {ckpt} holds a {policy.policy_type} policy")
+        try:
+            policy.set_sampler(cfg.sampler, cfg.num_inference_steps)
+        except ValueError as e:
+            raise SystemExit(f"error: {ckpt}: {e}") from None
     env = cfg.env or env_of_checkpoint(ckpt)
     if env is None:
         raise SystemExit(f"error: {ckpt} is not inside a run dir with train_config.json; pass --env")
-    record = {"checkpoint": str(ckpt), "policy_type": policy.policy_type, "num_inference_steps": cfg.num_inference_steps, "torch": torch.__version__}
+    record = {"checkpoint": str(ckpt), "policy_type": policy.policy_type, "num_inference_steps": cfg.num_inference_steps, "sampler": cfg.sampler, "torch": torch.__version__}
     if cfg.latency_ms is not None:
         from deploy.sim import evaluate_with_latency
 

@@ -5,7 +5,7 @@ A policy works on observation windows of `n_obs_steps` and predicts chunks of `h
 inputs and outputs of `predict_action_chunk` and `select_action` are in env units.
 
 Checkpoint directory (written by `save_pretrained`, read by `from_pretrained`):
-    config.json             {"policy_type": ..., "format_version": 3, "config": {every hyperparameter}}
+    config.json             {"policy_type": ..., "format_version": 4, "config": {every hyperparameter}}
     model.safetensors       the inference weights (the EMA weights when training used EMA)
     normalizer.safetensors  per-key normalization statistics and modes
 """
@@ -33,7 +33,7 @@ from core.io import (
 from data.normalize import Normalizer
 from policies.vision import MultiCameraEncoder
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # Version 1 predates cameras: its policies were state-only. Reading one adds exactly that, as explicit
 # fields (no cameras; the vision fields are then unused), so old checkpoints load and mean what they meant.
 V1_TO_V2_FIELDS = {
@@ -41,6 +41,7 @@ V1_TO_V2_FIELDS = {
 }
 # Version 2 predates multi-task policies: every one was single-task.
 V2_TO_V3_FIELDS = {"task_names": []}
+# Later versions add fields per policy type: `Policy.fields_added` (e.g. version 4's diffusion backbones).
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 NORMALIZER_FILE = "normalizer.safetensors"
@@ -64,6 +65,9 @@ class Policy(nn.Module):
 
     policy_type: ClassVar[str]
     config_class: ClassVar[type]
+    fields_added: ClassVar[dict[int, dict[str, Any]]] = {}
+    """Config fields this type gained in a checkpoint format version, with the values that reproduce what older
+    checkpoints computed. Loading an older config adds them; the fingerprint leaves them out at those values."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -155,6 +159,8 @@ class Policy(nn.Module):
             config = {k: v for k, v in config.items() if k not in V1_TO_V2_FIELDS}
         if not config.get("task_names"):  # single-task policies hash as in format 2
             config.pop("task_names", None)
+        for fields in self.fields_added.values():  # fields at their pre-existing behaviour hash as before they existed
+            config = {k: v for k, v in config.items() if not (k in fields and v == fields[k])}
         digest = hashlib.sha256(json.dumps([self.policy_type, config], sort_keys=True).encode())
         tensors = {f"weights/{k}": v for k, v in self.state_dict().items()}
         tensors |= {f"normalizer/{k}": v for k, v in self.normalizer.to_tensors().items()}
@@ -198,14 +204,17 @@ class Policy(nn.Module):
             if field not in payload:
                 raise CheckpointError(f"{path}: missing field {field!r}")
         version = payload["format_version"]
-        if version in (1, 2) and isinstance(payload["config"], dict):
-            payload["config"] = (V1_TO_V2_FIELDS if version == 1 else {}) | V2_TO_V3_FIELDS | payload["config"]
-        elif version != FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
             raise CheckpointError(f"{path}: format_version {version!r}, this code reads 1 to {FORMAT_VERSION}")
         policy_type = payload["policy_type"]
         if not isinstance(policy_type, str) or policy_type not in _REGISTRY:
             raise CheckpointError(f"{path}: unknown policy_type {policy_type!r}; known: {sorted(_REGISTRY)}")
         cls = _REGISTRY[policy_type]
+        if version < FORMAT_VERSION and isinstance(payload["config"], dict):
+            older = (V1_TO_V2_FIELDS if version == 1 else {}) | (V2_TO_V3_FIELDS if version <= 2 else {})
+            for added_in, fields in cls.fields_added.items():
+                older |= fields if version < added_in else {}
+            payload["config"] = older | payload["config"]
         return cls, config_from_dict(cls.config_class, payload["config"], where=str(path))
 
     @classmethod

@@ -1,8 +1,10 @@
 """Diffusion Policy (Chi et al. 2023): state and camera observations, action chunking.
 
-Training: DDPM noise prediction on normalized action chunks, conditioned on the flattened normalized
-observation window (states plus `policies.vision` camera features). Inference: DDIM (default, deterministic given the initial noise) or DDPM.
-`predict_action_chunk(obs, noise)` takes an explicit initial latent: DSRL steers the policy through it.
+Training: a denoiser (`backbone`: unet, mlp or transformer; policies/diffusion/backbones.py) learns the
+`objective` (ddpm noise prediction or rectified flow; policies/diffusion/sampling.py) on normalized action
+chunks, conditioned on the flattened normalized observation window (states plus `policies.vision` camera
+features). Inference integrates from an initial latent with the configured sampler.
+`predict_action_chunk(obs, noise)` takes that latent explicitly: DSRL steers the policy through it.
 """
 
 from __future__ import annotations
@@ -11,42 +13,51 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDPMScheduler
 from einops import rearrange
+from torch import nn
 
 from data.normalize import Normalizer
 from policies.base import Policy
-from policies.diffusion.config import DiffusionConfig
-from policies.diffusion.unet import ConditionalUnet1D
+from policies.diffusion.backbones import make_denoiser
+from policies.diffusion.config import DETERMINISTIC_SAMPLERS, DiffusionConfig
+from policies.diffusion.sampling import Sampler, ddpm_kwargs, training_target
+
+# Config fields added in checkpoint format 4, with the values that reproduce what a format-3 checkpoint computed.
+FORMAT_4_FIELDS = {
+    "backbone": "unet", "objective": "ddpm", "level2_samples": 1, "mlp_hidden_dim": 512, "mlp_blocks": 3,
+    "transformer_dim": 256, "transformer_layers": 8, "transformer_heads": 4, "transformer_dropout": 0.01,
+}
 
 
 class DiffusionPolicy(Policy):
     policy_type: ClassVar[str] = "diffusion"
     config_class: ClassVar[type] = DiffusionConfig
+    fields_added: ClassVar[dict[int, dict]] = {4: FORMAT_4_FIELDS}
 
     def __init__(self, config: DiffusionConfig, normalizer: Normalizer) -> None:
         super().__init__(config, normalizer)
-        self.unet = ConditionalUnet1D(
-            action_dim=config.action_dim,
-            global_cond_dim=config.obs_feature_dim * config.n_obs_steps,
-            down_dims=config.down_dims,
-            kernel_size=config.kernel_size,
-            n_groups=config.n_groups,
-            step_embed_dim=config.diffusion_step_embed_dim,
-        )
-        scheduler_kwargs = dict(
-            num_train_timesteps=config.num_train_timesteps,
-            beta_schedule=config.beta_schedule,
-            clip_sample=config.clip_sample,
-            clip_sample_range=config.clip_sample_range,
-            prediction_type=config.prediction_type,
-        )
-        self.train_scheduler = DDPMScheduler(**scheduler_kwargs)
-        if config.inference_scheduler == "ddim":
-            self.sample_scheduler = DDIMScheduler(**scheduler_kwargs, set_alpha_to_one=True, steps_offset=0)
-        else:
-            self.sample_scheduler = DDPMScheduler(**scheduler_kwargs)
-        self.sample_scheduler.set_timesteps(config.num_inference_steps)
+        # registered under the backbone's name, so state-dict keys read unet.*, mlp.* or transformer.*
+        self.add_module(config.backbone, make_denoiser(config))
+        self.train_scheduler = DDPMScheduler(**ddpm_kwargs(config))
+        self.sampler = Sampler(config, config.inference_scheduler, config.num_inference_steps)
+        self.compiled_sampling = None  # set by policies.diffusion.compile.compile_sampling
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return getattr(self, self.config.backbone)
+
+    @property
+    def deterministic_sampling(self) -> bool:
+        """Whether the chunk is a fixed function of (observation, initial noise), as DSRL needs."""
+        return self.sampler.name in DETERMINISTIC_SAMPLERS
+
+    def set_sampler(self, name: str | None = None, steps: int | None = None) -> None:
+        """Switch the inference sampler and/or its steps (e.g. eval.py --sampler dpm_solver --num-inference-steps 3).
+
+        Raises ValueError when the sampler does not fit the objective the model was trained with."""
+        self.sampler = Sampler(self.config, name or self.sampler.name, steps or self.sampler.steps)
+        self.compiled_sampling = None
 
     # ---- conditioning ----------------------------------------------------------------------------
     def global_cond(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -59,15 +70,16 @@ class DiffusionPolicy(Policy):
         batch = self.normalizer.normalize_batch(batch)
         cond = self.global_cond({k: batch[k][:, : cfg.n_obs_steps] for k in cfg.obs_keys})
         actions = batch[cfg.action_key]
+        valid = ~batch[f"{cfg.action_key}_is_pad"] if cfg.mask_padded_actions else None
+        if cfg.level2_samples > 1:  # several noised draws per encoded observation
+            cond, actions = cond.repeat_interleave(cfg.level2_samples, 0), actions.repeat_interleave(cfg.level2_samples, 0)
+            valid = valid.repeat_interleave(cfg.level2_samples, 0) if valid is not None else None
         # optional fixed `noise` / `timesteps` (a reproducible validation loss, the DDP gradient test); else drawn
         noise = batch["noise"] if "noise" in batch else torch.randn_like(actions)
-        timesteps = batch["timesteps"] if "timesteps" in batch else torch.randint(0, cfg.num_train_timesteps, (actions.shape[0],), device=actions.device)
-        noisy = self.train_scheduler.add_noise(actions, noise, timesteps)
-        pred = self.unet(noisy, timesteps, cond)
-        target = noise if cfg.prediction_type == "epsilon" else actions
+        noisy, times, target = training_target(cfg, self.train_scheduler, actions, noise, batch.get("timesteps"))
+        pred = self.denoiser(noisy, times, cond)
         loss = F.mse_loss(pred, target, reduction="none")
-        if cfg.mask_padded_actions:
-            valid = ~batch[f"{cfg.action_key}_is_pad"]
+        if valid is not None:
             loss = loss * valid[..., None]
             loss = loss.sum() / (valid.sum() * loss.shape[-1]).clamp(min=1)
         else:
@@ -80,18 +92,15 @@ class DiffusionPolicy(Policy):
 
     @torch.no_grad()
     def sample_normalized(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Denoise `noise` (B, horizon, action_dim) into a normalized action chunk."""
-        scheduler = self.sample_scheduler
-        timesteps = scheduler.timesteps.to(cond.device)
-        batch = cond.shape[0]
-        # FiLM parameters for every denoising step in one batched call: (steps * B) rows, then split.
-        films = self.unet.film(timesteps.repeat_interleave(batch), cond.repeat(len(timesteps), 1))
-        films_per_step = [f.split(batch) for f in films]
-        x = noise
-        for i, t in enumerate(timesteps):
-            pred = self.unet.denoise(x, [f[i] for f in films_per_step])
-            x = scheduler.step(pred, t, x).prev_sample
-        return x
+        """Integrate `noise` (B, horizon, action_dim) into a normalized action chunk."""
+        if self.compiled_sampling is not None:
+            out = self.compiled_sampling(cond, noise)
+            if out is not None:
+                return out
+        denoiser = self.denoiser
+        # everything that depends only on (time, observation) for every step in one batched call
+        contexts = denoiser.step_contexts(self.sampler.timesteps.to(cond.device), cond)
+        return self.sampler.run(lambda x, i: denoiser.denoise(x, contexts[i]), noise)
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> torch.Tensor:

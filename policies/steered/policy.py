@@ -17,6 +17,7 @@ from torch import nn
 
 from core.io import CheckpointError
 from policies.base import Policy
+from policies.diffusion.config import DETERMINISTIC_SAMPLERS
 from policies.diffusion.policy import DiffusionPolicy
 from policies.mlp import mlp
 from policies.steered.config import SteeredConfig
@@ -67,13 +68,14 @@ class SteeredPolicy(FrozenBasePolicy):
 
     @classmethod
     def check_base(cls, config: SteeredConfig, base: Policy) -> None:
-        """The base must be a deterministic-DDIM Diffusion Policy with the shapes the config records."""
+        """The base must be a Diffusion Policy with a deterministic sampler and the shapes the config records."""
         if not isinstance(base, DiffusionPolicy):
             raise CheckpointError(f"DSRL steers a Diffusion Policy; the base is a {base.policy_type} policy")
-        if base.config.inference_scheduler != "ddim":
+        if not base.deterministic_sampling:
             raise CheckpointError(
-                f"DSRL needs deterministic DDIM sampling; the base samples with {base.config.inference_scheduler!r} "
-                "(set policy.inference_scheduler=ddim in the base's config.json)"
+                f"DSRL needs a deterministic sampler; the base samples with {base.sampler.name!r} "
+                f"(set policy.inference_scheduler in the base's config.json to one of {list(DETERMINISTIC_SAMPLERS)} "
+                f"that fits its objective {base.config.objective!r})"
             )
         super().check_base(config, base)
 

@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
-.venv/bin/python -m pytest -q tests "$@"
+.venv/bin/python -m pytest tests "$@"

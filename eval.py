@@ -22,6 +22,7 @@ from core.checkpoint import env_of_checkpoint, resolve_checkpoint
 from core.io import CheckpointError, atomic_write_json
 from envs.rollout import evaluate
 from policies.base import Policy
+from policies.diffusion.compile import compile_sampling
 from policies.diffusion.policy import DiffusionPolicy
 
 
@@ -58,6 +59,9 @@ class EvalConfig:
     """With --latency-ms: how overlapping chunks combine."""
     progress: bool = True
     """Show a progress bar."""
+    compile: bool = True
+    """Sample diffusion chunks through the compiled TorchScript graph that the policy server also uses
+    (policies/diffusion/compile.py); --no-compile samples eagerly."""
 
 
 def main() -> None:
@@ -80,10 +84,12 @@ def main() -> None:
             policy.set_sampler(cfg.sampler, cfg.num_inference_steps)
         except ValueError as e:
             raise SystemExit(f"error: {ckpt}: {e}") from None
+    inference = compile_sampling(policy) if cfg.compile else "eager (--no-compile)"
+    print(f"inference: {inference}")
     env = cfg.env or env_of_checkpoint(ckpt)
     if env is None:
         raise SystemExit(f"error: {ckpt} is not inside a run dir with train_config.json; pass --env")
-    record = {"checkpoint": str(ckpt), "policy_type": policy.policy_type, "num_inference_steps": cfg.num_inference_steps, "sampler": cfg.sampler, "torch": torch.__version__}
+    record = {"checkpoint": str(ckpt), "policy_type": policy.policy_type, "num_inference_steps": cfg.num_inference_steps, "sampler": cfg.sampler, "inference": inference, "torch": torch.__version__}
     if cfg.latency_ms is not None:
         from deploy.sim import evaluate_with_latency
 

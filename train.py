@@ -507,18 +507,21 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def run_eval(cfg: TrainConfig, policy: Policy, n_episodes: int, video_dir: Path | None = None):
+    """Evaluate as eval.py does: through the compiled sampling graph (dropped afterwards; the weights keep training)."""
     from envs.rollout import evaluate
+    from policies.diffusion.compile import compiled
 
-    return evaluate(
-        policy,
-        cfg.env,
-        n_episodes,
-        seed_start=cfg.eval_seed_start,
-        n_envs=cfg.eval_n_envs,
-        max_episode_steps=cfg.eval_max_episode_steps,
-        video_dir=video_dir,
-        n_videos=0,
-    )
+    with compiled(policy):
+        return evaluate(
+            policy,
+            cfg.env,
+            n_episodes,
+            seed_start=cfg.eval_seed_start,
+            n_envs=cfg.eval_n_envs,
+            max_episode_steps=cfg.eval_max_episode_steps,
+            video_dir=video_dir,
+            n_videos=0,
+        )
 
 
 def residual_main(args: list[str]) -> dict:

@@ -45,3 +45,47 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
     return json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+
+
+def cpu_seconds() -> float:
+    """User + sys CPU time of this process, all threads (child processes excluded)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def train_measured(cfg: Any) -> float:
+    """`train.train(cfg)` once per run dir (resumed if interrupted, skipped when done); returns its training
+    CPU-minutes (user + sys of this process / 60), recorded in <run_dir>/train_cpu.json.
+
+    Pass `eval_episodes=0` so the number is training alone; evaluate with `evaluate_checkpoint`."""
+    import train
+
+    done = cfg.run_dir / "train_cpu.json"
+    if not done.exists():
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, resume=(cfg.run_dir / "train_config.json").exists())
+        start = cpu_seconds()
+        train.train(cfg)
+        atomic_write_json(done, {"train_cpu_minutes": (cpu_seconds() - start) / 60, "resumed": cfg.resume})
+    return json.loads(done.read_text())["train_cpu_minutes"]
+
+
+def evaluate_checkpoint(run_dir: Path, env: str, episodes: int, sampler: tuple[str, int] | None = None, n_envs: int = 10) -> dict:
+    """Evaluate the run's last checkpoint (as eval.py: compiled sampling, seeds 100000+), optionally with another
+    sampler; cached in <run_dir>/eval_<sampler>.json."""
+    from envs.rollout import evaluate
+    from policies import Policy
+    from policies.diffusion.compile import compile_sampling
+
+    path = run_dir / (f"eval_{sampler[0]}{sampler[1]}.json" if sampler else "eval_final.json")
+    if not path.exists():
+        policy = Policy.from_pretrained(run_dir / "checkpoints" / "last")
+        if sampler is not None:
+            policy.set_sampler(*sampler)
+        compile_sampling(policy)
+        result = evaluate(policy, env, episodes, seed_start=100_000, n_envs=n_envs, progress=False)
+        atomic_write_json(path, result.to_dict())
+    return json.loads(path.read_text())

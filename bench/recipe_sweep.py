@@ -14,8 +14,6 @@ Runs live in bench_runs/sweep/<recipe>/<task>/ and finished ones (train and each
 from __future__ import annotations
 
 import dataclasses
-import json
-import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +22,9 @@ import torch
 import tyro
 
 import train
-from bench.common import print_table, write_results
+from bench.common import evaluate_checkpoint, print_table, train_measured, write_results
 from bench.metaworld_success import SPLITS, split_of
-from core.io import atomic_write_json
-from policies import DiffusionConfig, Policy
+from policies import DiffusionConfig
 
 # name -> (policy overrides of the default preset's DiffusionConfig, train overrides, samplers evaluated as (name, steps))
 RECIPES: dict[str, tuple[dict, dict, tuple[tuple[str, int], ...]]] = {
@@ -54,38 +51,16 @@ class Args:
     out: Path | None = None
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def train_recipe(args: Args, recipe: str, task: str, demos: Path) -> tuple[Path, float]:
     """Train once (reused when done); returns the run dir and the training CPU-minutes."""
     policy_kw, train_kw, _ = RECIPES[recipe]
     run_dir = args.runs / recipe / task
-    done = run_dir / "train_cpu.json"
-    if not done.exists():
-        base = train.PRESETS["default"][1]
-        cfg = dataclasses.replace(
-            base, env=f"metaworld/{task}", dataset=(demos,), eval_episodes=0, seed=args.seed, run_dir=run_dir,
-            resume=(run_dir / "train_config.json").exists(), policy=dataclasses.replace(DiffusionConfig(), **policy_kw), **train_kw,
-        )
-        start = cpu_seconds()
-        train.train(cfg)
-        atomic_write_json(done, {"train_cpu_minutes": (cpu_seconds() - start) / 60, "resumed": cfg.resume})
-    return run_dir, json.loads(done.read_text())["train_cpu_minutes"]
-
-
-def evaluate_sampler(args: Args, run_dir: Path, task: str, sampler: str, steps: int) -> dict:
-    from envs.rollout import evaluate
-
-    path = run_dir / f"eval_{sampler}{steps}.json"
-    if not path.exists():
-        policy = Policy.from_pretrained(run_dir / "checkpoints" / "last")
-        policy.set_sampler(sampler, steps)
-        result = evaluate(policy, f"metaworld/{task}", args.episodes, seed_start=100_000, n_envs=10, progress=False)
-        atomic_write_json(path, result.to_dict())
-    return json.loads(path.read_text())
+    base = train.PRESETS["default"][1]
+    cfg = dataclasses.replace(
+        base, env=f"metaworld/{task}", dataset=(demos,), eval_episodes=0, seed=args.seed, run_dir=run_dir,
+        policy=dataclasses.replace(DiffusionConfig(), **policy_kw), **train_kw,
+    )
+    return run_dir, train_measured(cfg)
 
 
 def main() -> None:
@@ -104,7 +79,7 @@ def main() -> None:
         for recipe in args.recipes:
             run_dir, cpu_min = train_recipe(args, recipe, task, demos)
             for sampler, steps in RECIPES[recipe][2]:
-                ev = evaluate_sampler(args, run_dir, task, sampler, steps)
+                ev = evaluate_checkpoint(run_dir, f"metaworld/{task}", args.episodes, (sampler, steps))
                 row = {
                     "recipe": recipe, "task": task, "split": split_of(task), "sampler": f"{sampler}-{steps}",
                     "success_rate": ev["success_rate"], "ci95": [round(c, 3) for c in ev["ci95"]], "train_cpu_minutes": round(cpu_min, 2),

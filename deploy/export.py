@@ -39,10 +39,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "src"))
 
 from policies.base import Policy  # noqa: E402
+from policies.diffusion.compile import compile_sampling  # noqa: E402
 
 
-def load(device: str = "cpu") -> Policy:
-    return Policy.from_pretrained(HERE / "checkpoint", map_location=device)
+def load(device: str = "cpu", compile: bool = True) -> Policy:
+    """The bundled policy; `compile` samples through the TorchScript graph that eval.py and the server use."""
+    policy = Policy.from_pretrained(HERE / "checkpoint", map_location=device)
+    if compile:
+        compile_sampling(policy)
+    return policy
 
 
 if __name__ == "__main__":

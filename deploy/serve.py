@@ -41,6 +41,8 @@ class ServeConfig:
     """Frames larger than this are refused."""
     debug: bool = False
     """Include tracebacks in error replies."""
+    compile: bool = True
+    """Sample diffusion chunks through the compiled TorchScript graph, as eval.py does by default."""
 
 
 def main() -> None:
@@ -52,7 +54,7 @@ def main() -> None:
         if not token:
             raise SystemExit(f"error: --token-env {cfg.token_env}: that environment variable is unset or empty")
     try:
-        policy, metadata = load_for_serving(cfg.checkpoint, cfg.device, cfg.env, cfg.fps)
+        policy, metadata = load_for_serving(cfg.checkpoint, cfg.device, cfg.env, cfg.fps, cfg.compile)
     except (CheckpointError, RuntimeError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     metadata["auth"] = token is not None

@@ -281,14 +281,18 @@ class PolicyServer:
         await server.serve_forever()
 
 
-def load_for_serving(checkpoint: Path, device: str = "cpu", env: str | None = None, fps: float | None = None) -> tuple[Policy, dict[str, Any]]:
-    """Load a checkpoint (or run dir) and build the metadata sent on connect."""
+def load_for_serving(checkpoint: Path, device: str = "cpu", env: str | None = None, fps: float | None = None, compile: bool = True) -> tuple[Policy, dict[str, Any]]:
+    """Load a checkpoint (or run dir) and build the metadata sent on connect.
+
+    `compile`: sample through the same TorchScript graph as `eval.py` (its default), so what is served is what was evaluated."""
     from core.checkpoint import env_of_checkpoint, resolve_checkpoint
     from envs.make import env_properties
+    from policies.diffusion.compile import compile_sampling
 
     ckpt = resolve_checkpoint(Path(checkpoint))
     policy = Policy.from_pretrained(ckpt, map_location=device)
     policy.check_ready()
+    inference = compile_sampling(policy) if compile else "eager (--no-compile)"
     env = env or env_of_checkpoint(ckpt)
     props = env_properties(env) if env else {}
     c = policy.config
@@ -302,7 +306,7 @@ def load_for_serving(checkpoint: Path, device: str = "cpu", env: str | None = No
         "action_spec": {"key": c.action_key, "dim": int(c.action_dim), "low": low, "high": high},
         "fps": fps if fps is not None else props.get("fps"),
         "n_obs_steps": c.n_obs_steps, "horizon": c.horizon, "n_action_steps": c.n_action_steps,
-        "actions_per_reply": c.horizon - c.n_obs_steps + 1,
+        "actions_per_reply": c.horizon - c.n_obs_steps + 1, "inference": inference,
     }
     return policy, metadata
 

@@ -192,3 +192,33 @@ def test_backbone_trains_resumes_exactly_and_evaluates(backbone, push_demos, tmp
     assert summary["eval"]["n_episodes"] == 1 and summary["eval"]["episodes"][0]["length"] <= 16
     policy = Policy.from_pretrained(resumed / "checkpoints" / "last")
     assert policy.config.backbone == backbone and policy.config.level2_samples == 2
+
+
+@pytest.mark.parametrize("backbone", ["unet", "mlp", "transformer"])
+@pytest.mark.parametrize("objective,sampler", [("ddpm", "ddim"), ("ddpm", "dpm_solver"), ("ddpm", "unipc"), ("flow", "euler")])
+def test_compiled_sampling_matches_eager(backbone, objective, sampler):
+    """The TorchScript path (eval.py, the server and bundles use it) against eager, at batch 1 and 3."""
+    from policies.diffusion.compile import TOLERANCE, compile_sampling, uncompiled
+
+    policy = make_policy(small(backbone, objective, sampler, steps=3))
+    obs, noise, _ = fixed_inputs(batch=3)
+    cond = policy.global_cond(policy.normalize_obs(obs))
+    eager = [policy.sample_normalized(cond[:1], noise[:1]), policy.sample_normalized(cond, noise)]
+    assert compile_sampling(policy).startswith("torchscript")
+    compiled = [policy.sample_normalized(cond[:1], noise[:1]), policy.sample_normalized(cond, noise)]
+    state = policy.compiled_sampling
+    assert state.active and len(state.graphs) == 2, state.fallback_reason  # one graph per batch size, both used
+    max_diff = max((a - b).abs().max().item() for a, b in zip(eager, compiled))
+    assert max_diff <= TOLERANCE, f"compiled vs eager: max abs diff {max_diff:.2e} (normalized action units)"
+    assert policy.predict_action_chunk(obs, noise=noise).shape == (3, 8, 3)
+    uncompiled(policy)
+    assert torch.equal(policy.sample_normalized(cond, noise), eager[1])
+
+
+def test_stochastic_sampler_stays_eager():
+    from policies.diffusion.compile import compile_sampling
+
+    policy = make_policy(small("mlp", "ddpm", "ddpm", steps=3))
+    assert compile_sampling(policy) == "eager (sampler 'ddpm' is stochastic)"
+    obs, noise, _ = fixed_inputs()
+    assert policy.predict_action_chunk(obs, noise=noise).shape == (2, 8, 3)

@@ -35,6 +35,8 @@ def write_results(out: Path | None, bench: str, protocol: str, results: list[dic
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        return
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for r in rows:

@@ -38,9 +38,9 @@ from bench.common import print_table, write_results
 @dataclass(frozen=True)
 class Args:
     parts: tuple[str, ...] = ("rtt", "throughput", "latency")
-    state_checkpoint: Path = Path("bench_runs/drawer-open-v3-diffusion-10demos-600steps-seed0")
-    """State DP run (bench.metaworld_success builds it: python -m bench.metaworld_success --tasks drawer-open-v3 --policies diffusion)."""
-    task: str = "drawer-open-v3"
+    state_checkpoint: Path = Path("runs/button-press-topdown-v3-diffusion-seed0")
+    """State DP run (the default job builds it: bash scripts/run_default.sh)."""
+    task: str = "button-press-topdown-v3"
     requests: int = 200
     """Requests per RTT measurement."""
     seconds: float = 10.0
@@ -48,6 +48,8 @@ class Args:
     episodes: int = 50
     latencies_ms: tuple[float, ...] = (0, 50, 100, 200)
     port: int = 8765
+    server_threads: tuple[int, ...] = (1,)
+    """torch threads of the server process (deploy.serve --num-threads); several values give one rtt row each."""
     runs: Path = Path("bench_runs/deploy")
     out: Path | None = None
 
@@ -67,8 +69,8 @@ def image_checkpoint(runs: Path) -> Path:
 
 
 class ServerProcess:
-    def __init__(self, checkpoint: Path, port: int, env: str | None) -> None:
-        cmd = [sys.executable, "-m", "deploy.serve", "--checkpoint", str(checkpoint), "--port", str(port), "--device", "cpu"]
+    def __init__(self, checkpoint: Path, port: int, env: str | None, threads: int = 1) -> None:
+        cmd = [sys.executable, "-m", "deploy.serve", "--checkpoint", str(checkpoint), "--port", str(port), "--device", "cpu", "--num-threads", str(threads)]
         if env:
             cmd += ["--env", env, "--fps", "20"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -189,16 +191,17 @@ def main() -> None:
     policies = {"state DP": (args.state_checkpoint, None), "image DP 84px": (image_checkpoint(args.runs), "robosuite/Lift")}
     if "rtt" in args.parts or "throughput" in args.parts:
         for name, (checkpoint, env) in policies.items():
-            server = ServerProcess(checkpoint, args.port, env)
-            try:
-                if "rtt" in args.parts:
-                    rows.append(rtt_row(name, server.uri, args.requests if "state" in name else max(20, args.requests // 4)))
-                if "throughput" in args.parts:
-                    for clients in (1, 4, 16):
-                        rows.append(throughput_row(name, server.uri, clients, args.seconds))
-            finally:
-                server.close()
-        print_table([r for r in rows if r["part"] == "rtt"], ["policy", "requests", "rtt_ms_p50", "rtt_ms_p99", "infer_ms_p50", "overhead_ms_p50"])
+            for threads in args.server_threads:
+                server = ServerProcess(checkpoint, args.port, env, threads)
+                try:
+                    if "rtt" in args.parts:
+                        rows.append({**rtt_row(name, server.uri, args.requests if "state" in name else max(20, args.requests // 4)), "server_threads": threads})
+                    if "throughput" in args.parts and threads == args.server_threads[0]:
+                        for clients in (1, 4, 16):
+                            rows.append(throughput_row(name, server.uri, clients, args.seconds))
+                finally:
+                    server.close()
+        print_table([r for r in rows if r["part"] == "rtt"], ["policy", "server_threads", "requests", "rtt_ms_p50", "rtt_ms_p99", "infer_ms_p50", "overhead_ms_p50"])
         print_table([r for r in rows if r["part"] == "throughput"], ["policy", "clients", "replies_per_s", "rtt_ms_p50", "rtt_ms_p99", "mean_batch", "errors"])
     if "latency" in args.parts:
         rows += latency_rows(args)

@@ -12,6 +12,10 @@ Parts:
 - sampling: on the same store, windows/s through the training loader with 0 and 2 worker processes, against
   the image DP's training speed at the same batch (forward + backward on CPU): the ratio says whether training
   waits for data.
+- level2: image DP training speed (84x84 camera + proprio, forward + backward + AdamW step, 2 threads, child
+  process) for denoiser x level2_samples: windows/s (observations encoded per second) and denoiser samples/s
+  (windows x level2_samples). With level-2 minibatching a step encodes batch/M windows and pairs each with M
+  noised chunks, so the vision encoder runs M times less per denoiser sample.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from bench.common import print_table, write_results
 
 @dataclass(frozen=True)
 class Args:
-    parts: tuple[str, ...] = ("render", "memory", "sampling")
+    parts: tuple[str, ...] = ("render", "memory", "sampling", "level2")
     """Which measurements to run."""
     store: Path = Path("bench_runs/images/big.zarr")
     """Where the large synthetic image store goes (reused when it exists with the right size)."""
@@ -142,12 +146,23 @@ def stream_and_measure(store: str, batches: int, batch_size: int, workers: int) 
     }
 
 
-def image_dp_train_rate(batch_size: int) -> float:
+LEVEL2_VARIANTS = {  # name -> (DiffusionConfig overrides, windows per batch); every row trains 64 denoiser samples per step
+    "unet M=1": ({}, 64),
+    "mlp-flow M=1": ({"backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3}, 64),
+    "mlp-flow M=4": ({"backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3, "level2_samples": 4}, 16),
+    "mlp-flow M=8": ({"backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3, "level2_samples": 8}, 8),
+}
+
+
+def image_dp_train_rate(batch_size: int, overrides: dict | None = None) -> float:
     """Training windows/s of the image DP (84x84, crop 76, 2 obs steps) on this CPU, forward + backward + step."""
+    from dataclasses import replace
+
     from data.normalize import Normalizer
     from policies import DiffusionConfig, make_policy
 
     cfg = DiffusionConfig(state_keys=("proprio",), state_dims=(4,), action_dim=4, image_keys=("image_corner2",), image_shape=(84, 84, 3))
+    cfg = replace(cfg, **(overrides or {}))
     rng = np.random.default_rng(0)
     normalizer = Normalizer.fit({"proprio": rng.normal(size=(100, 4)), "action": rng.uniform(-1, 1, (100, 4))}, cfg.normalization_modes())
     policy = make_policy(cfg, normalizer)
@@ -181,6 +196,11 @@ def main() -> None:
         torch.set_num_threads(1)
         print(json.dumps(image_dp_train_rate(int(sys.argv[2]))))
         return
+    if len(sys.argv) > 2 and sys.argv[1] == "--child-level2":
+        torch.set_num_threads(2)
+        overrides, windows = LEVEL2_VARIANTS[sys.argv[2]]
+        print(json.dumps(image_dp_train_rate(windows, overrides)))
+        return
     args = tyro.cli(Args)
     torch.set_num_threads(1)
     rows: list[dict] = []
@@ -208,6 +228,13 @@ def main() -> None:
             loader = max(r["windows_per_s"] for r in rows if r["part"] == "stream")
             rows.append({"part": "train_vs_data", "batch_size": args.batch_size, "train_windows_per_s": train_rate, "loader_windows_per_s": loader, "loader_over_train": loader / train_rate})
             print(f"image DP trains {train_rate:.1f} windows/s on this CPU; the loader delivers {loader:.0f} windows/s ({loader / train_rate:.0f}x)")
+    if "level2" in args.parts:
+        for name, (overrides, windows) in LEVEL2_VARIANTS.items():
+            proc = subprocess.run([sys.executable, "-m", "bench.images", "--child-level2", name], capture_output=True, text=True, check=True)
+            rate = json.loads(proc.stdout.strip().splitlines()[-1])
+            m = overrides.get("level2_samples", 1)
+            rows.append({"part": "level2", "variant": name, "windows_per_step": windows, "level2_samples": m, "windows_per_s": rate, "denoiser_samples_per_s": rate * m, "metric": "train_samples_per_s"})
+        print_table([r for r in rows if r["part"] == "level2"], ["variant", "windows_per_step", "level2_samples", "windows_per_s", "denoiser_samples_per_s"])
     write_results(
         args.out, "images",
         "render: env steps/s for 5 s, 1 thread, sweep-into-v3 corner2 / robosuite Lift agentview; stream: fresh process, "

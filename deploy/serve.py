@@ -43,10 +43,16 @@ class ServeConfig:
     """Include tracebacks in error replies."""
     compile: bool = True
     """Sample diffusion chunks through the compiled TorchScript graph, as eval.py does by default."""
+    num_threads: int | None = 1
+    """torch intra-op CPU threads (None: torch's default). 1 by default: inference runs on a worker thread, and on
+    these CPUs OpenMP regions entered from a second thread ran the 2-thread UNet 4x slower than one thread did
+    (docs/deploy.md, "Server speed"); batch-1 chunks of the default policy are fastest on one thread."""
 
 
 def main() -> None:
     cfg = tyro.cli(ServeConfig)
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     token = None
     if cfg.token_env is not None:

@@ -99,8 +99,13 @@ TRAIN_SEED_BASE = 1_000_000
 
 
 def load_base(path: Path) -> Policy:
-    """A policy checkpoint dir, or a run dir (its checkpoints/last)."""
-    return Policy.from_pretrained(resolve_checkpoint(path))
+    """A policy checkpoint dir, or a run dir (its checkpoints/last). The base is frozen, so a diffusion base samples
+    through the compiled graph that eval.py and the server use (policies/diffusion/compile.py)."""
+    from policies.diffusion.compile import compile_sampling
+
+    base = Policy.from_pretrained(resolve_checkpoint(path))
+    compile_sampling(base)
+    return base
 
 
 def adam(params, lr: float) -> torch.optim.Adam:

@@ -34,6 +34,7 @@ from deploy.server import (
     load_for_serving,
 )
 from policies.base import Policy
+from policies.diffusion.compile import compile_sampling
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,7 @@ def test_openpi_client_gets_metadata_and_server_normalized_actions(served, tiny_
     client = WebsocketClientPolicy("127.0.0.1", served.port)
     meta = client.get_server_metadata()
     policy = Policy.from_pretrained(tiny_dp_checkpoint)
+    assert meta["inference"] == compile_sampling(policy)  # served through the same compiled graph eval.py uses
     assert meta["policy_type"] == "diffusion" and meta["checkpoint_sha256"] == policy.fingerprint()
     assert meta["obs_spec"] == {"state": {"shape": [39], "dtype": "float32"}}
     assert meta["action_spec"]["dim"] == 4 and meta["action_spec"]["low"] == [-1.0] * 4 and meta["fps"] == 80
@@ -364,6 +366,7 @@ def test_bundle_loads_with_only_its_own_code(tiny_dp_checkpoint, tmp_path):
     bundle = export_bundle(tiny_dp_checkpoint, tmp_path / "bundle")
     verify_bundle(bundle)
     policy = Policy.from_pretrained(tiny_dp_checkpoint)
+    compile_sampling(policy)  # load() in the bundle samples through the compiled graph, as eval.py does
     script = (
         "import sys, json, torch; sys.path.insert(0, sys.argv[1]); from load_policy import load; p = load(); h = int(sys.argv[2]);"
         "assert all(not m.startswith(('envs', 'rl', 'deploy', 'train', 'data.store')) for m in sys.modules), sorted(sys.modules);"

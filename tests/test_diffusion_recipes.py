@@ -168,13 +168,14 @@ def test_flow_checkpoint_refuses_an_incompatible_sampler_in_eval(tmp_path, monke
         eval_cli.main()
 
 
-TRAIN_FLAGS = {
+TRAIN_FLAGS = {  # the tiny preset is a small MLP flow policy; these make each backbone small
+    "unet": ["--policy.backbone", "unet", "--policy.down-dims", "16", "32", "--policy.n-groups", "4", "--policy.objective", "ddpm", "--policy.inference-scheduler", "ddim"],
     "mlp": ["--policy.backbone", "mlp", "--policy.mlp-hidden-dim", "32", "--policy.mlp-blocks", "2", "--policy.objective", "flow", "--policy.inference-scheduler", "euler"],
-    "transformer": ["--policy.backbone", "transformer", "--policy.transformer-dim", "32", "--policy.transformer-layers", "1", "--policy.transformer-heads", "2"],
+    "transformer": ["--policy.backbone", "transformer", "--policy.transformer-dim", "32", "--policy.transformer-layers", "1", "--policy.transformer-heads", "2", "--policy.objective", "ddpm", "--policy.inference-scheduler", "dpm_solver"],
 }
 
 
-@pytest.mark.parametrize("backbone", ["mlp", "transformer"])
+@pytest.mark.parametrize("backbone", ["unet", "mlp", "transformer"])
 def test_backbone_trains_resumes_exactly_and_evaluates(backbone, push_demos, tmp_path):
     """Train 2 steps and stop, resume to 4: the same weights as 4 steps straight; then a real Meta-World episode."""
     import train

@@ -31,6 +31,7 @@ RECIPES: dict[str, tuple[dict, dict, tuple[tuple[str, int], ...]]] = {
     "unet-ddpm": ({"backbone": "unet", "objective": "ddpm", "inference_scheduler": "ddim", "num_inference_steps": 10}, {"steps": 2000, "batch_size": 128}, (("ddim", 10), ("dpm_solver", 3))),
     "mlp-ddpm": ({"backbone": "mlp", "objective": "ddpm", "inference_scheduler": "ddim", "num_inference_steps": 10}, {"steps": 5000, "batch_size": 256}, (("ddim", 10), ("dpm_solver", 3), ("ddim", 3))),
     "mlp-flow": ({"backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3}, {"steps": 5000, "batch_size": 256}, (("euler", 3), ("euler", 1), ("euler", 10))),
+    "mlp-flow-long": ({"backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3}, {"steps": 12000, "batch_size": 256}, (("euler", 3),)),
     "mlp1024-flow": ({"backbone": "mlp", "mlp_hidden_dim": 1024, "mlp_blocks": 4, "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3}, {"steps": 5000, "batch_size": 256}, (("euler", 3),)),
     "transformer-flow": ({"backbone": "transformer", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3}, {"steps": 1500, "batch_size": 128}, (("euler", 3),)),
 }

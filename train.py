@@ -3,7 +3,8 @@
     python train.py                                   # default preset: collect button-press-topdown-v3 demos, train DP, eval 50 episodes
     python train.py tiny --run-dir runs/smoke         # seconds-long smoke run
     python train.py vqbet --env metaworld/push-v3     # VQ-BeT instead of Diffusion Policy (presets pick the policy type)
-    python train.py default --steps 3000 --policy.down-dims 128 256 512 --dataset demos/push.zarr
+    python train.py default --steps 8000 --policy.mlp-hidden-dim 1024 --dataset demos/push.zarr
+    python train.py unet --env metaworld/push-v3      # the paper's UNet + DDPM + DDIM-10 recipe
     python train.py default --run-dir runs/x --resume # continue an interrupted run exactly
     python train.py dsrl --base runs/x --env metaworld/push-v3   # DSRL finetuning of a trained DP (rl/dsrl.py)
     python train.py residual --algo offpolicy --base runs/x --env metaworld/push-v3   # residual RL (rl/residual_*.py)

@@ -18,12 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from policies.diffusion.config import BACKBONES, DiffusionConfig
-from policies.diffusion.unet import ConditionalUnet1D, SinusoidalPosEmb
-
-
-def step_encoder(dim: int) -> nn.Sequential:
-    """Sinusoidal embedding of the diffusion time, then an MLP (the Diffusion Policy paper's)."""
-    return nn.Sequential(SinusoidalPosEmb(dim), nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, dim))
+from policies.diffusion.unet import ConditionalUnet1D, SinusoidalPosEmb, step_encoder
 
 
 class MLPDenoiser(nn.Module):
@@ -33,7 +28,7 @@ class MLPDenoiser(nn.Module):
 
     def __init__(self, action_dim: int, horizon: int, global_cond_dim: int, hidden_dim: int, n_blocks: int, step_embed_dim: int) -> None:
         super().__init__()
-        self.horizon, self.action_dim, self.hidden_dim, self.n_blocks = horizon, action_dim, hidden_dim, n_blocks
+        self.horizon, self.action_dim, self.hidden_dim = horizon, action_dim, hidden_dim
         self.step_encoder = step_encoder(step_embed_dim)
         # one projection of the condition gives the input bias and every block's (scale, shift)
         self.cond_proj = nn.Sequential(nn.Mish(), nn.Linear(step_embed_dim + global_cond_dim, hidden_dim * (1 + 2 * n_blocks)))
@@ -71,7 +66,7 @@ class TransformerDenoiser(nn.Module):
 
     def __init__(self, action_dim: int, horizon: int, obs_feature_dim: int, n_obs_steps: int, dim: int, layers: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.n_obs_steps, self.obs_feature_dim = n_obs_steps, obs_feature_dim
+        self.n_obs_steps = n_obs_steps
         self.action_in = nn.Linear(action_dim, dim)
         self.action_pos = nn.Parameter(torch.zeros(1, horizon, dim))
         self.time_emb = SinusoidalPosEmb(dim)

@@ -35,21 +35,21 @@ TOLERANCE = 1e-4
 
 
 class _SamplingLoop(nn.Module):
+    """`policy.sample_eager` as a module, so torch.jit.trace/freeze see the weights it uses."""
+
     def __init__(self, policy: DiffusionPolicy) -> None:
         super().__init__()
-        self.denoiser = policy.denoiser
-        self.sampler = policy.sampler
+        self.policy = policy
 
     def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        contexts = self.denoiser.step_contexts(self.sampler.timesteps.to(cond.device), cond)
-        return self.sampler.run(lambda x, i: self.denoiser.denoise(x, contexts[i]), noise)
+        return self.policy.sample_eager(cond, noise)
 
 
 class CompiledSampling:
     """Per-batch-size TorchScript graphs of a policy's sampling loop, with eager fallback."""
 
-    def __init__(self, policy: DiffusionPolicy, freeze: bool = True) -> None:
-        self.policy, self.freeze = policy, freeze
+    def __init__(self, policy: DiffusionPolicy) -> None:
+        self.policy = policy
         self.graphs: dict[tuple, torch.jit.ScriptModule] = {}
         self.fallback_reason: str | None = None
         self.max_abs_diff = 0.0
@@ -79,9 +79,7 @@ class CompiledSampling:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in torch 2.x; see docs/policies.md
-                graph = torch.jit.trace(loop, (cond, noise), check_trace=False)
-                if self.freeze:
-                    graph = torch.jit.optimize_for_inference(torch.jit.freeze(graph))
+                graph = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(loop, (cond, noise), check_trace=False)))
                 expected = loop(cond, noise)
                 got = graph(cond, noise)
                 got = graph(cond, noise)  # the profiling executor specializes on the first calls
@@ -106,21 +104,21 @@ def diffusion_core(policy: Policy) -> DiffusionPolicy | None:
     return base if isinstance(base, DiffusionPolicy) else None
 
 
-def compile_sampling(policy: Policy, freeze: bool = True) -> str:
+def compile_sampling(policy: Policy) -> str:
     """Route `policy`'s chunk sampling through TorchScript graphs; returns a one-line description."""
     core = diffusion_core(policy)
     if core is None:
         return f"eager ({policy.policy_type} policies have no diffusion sampling loop)"
-    core.compiled_sampling = CompiledSampling(core, freeze=freeze)
+    core.compiled_sampling = CompiledSampling(core)
     if not core.compiled_sampling.active:
         return f"eager ({core.compiled_sampling.fallback_reason})"
-    return f"torchscript ({'frozen' if freeze else 'traced'}, {core.sampler.name}-{core.sampler.steps}, traced per batch size on first use)"
+    return f"torchscript (frozen, {core.sampler.name}-{core.sampler.steps}, traced per batch size on first use)"
 
 
 @contextlib.contextmanager
-def compiled(policy: Policy, enabled: bool = True) -> Iterator[str]:
+def compiled(policy: Policy) -> Iterator[str]:
     """`compile_sampling` for the duration of a block (e.g. an evaluation during training), then eager again."""
-    description = compile_sampling(policy) if enabled else "eager (disabled)"
+    description = compile_sampling(policy)
     try:
         yield description
     finally:

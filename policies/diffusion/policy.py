@@ -97,6 +97,10 @@ class DiffusionPolicy(Policy):
             out = self.compiled_sampling(cond, noise)
             if out is not None:
                 return out
+        return self.sample_eager(cond, noise)
+
+    def sample_eager(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The sampling loop itself (what policies/diffusion/compile.py traces)."""
         denoiser = self.denoiser
         # everything that depends only on (time, observation) for every step in one batched call
         contexts = denoiser.step_contexts(self.sampler.timesteps.to(cond.device), cond)

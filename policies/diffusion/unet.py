@@ -29,6 +29,11 @@ class SinusoidalPosEmb(nn.Module):
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def step_encoder(dim: int) -> nn.Sequential:
+    """Sinusoidal embedding of the diffusion time, then an MLP (the Diffusion Policy paper's)."""
+    return nn.Sequential(SinusoidalPosEmb(dim), nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, dim))
+
+
 def conv_block(c_in: int, c_out: int, kernel_size: int, n_groups: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.GroupNorm(n_groups, c_out), nn.Mish()
@@ -62,12 +67,7 @@ class ConditionalUnet1D(nn.Module):
         step_embed_dim: int,
     ) -> None:
         super().__init__()
-        self.step_encoder = nn.Sequential(
-            SinusoidalPosEmb(step_embed_dim),
-            nn.Linear(step_embed_dim, 4 * step_embed_dim),
-            nn.Mish(),
-            nn.Linear(4 * step_embed_dim, step_embed_dim),
-        )
+        self.step_encoder = step_encoder(step_embed_dim)
         cond_dim = step_embed_dim + global_cond_dim
         dims = [action_dim, *down_dims]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import tyro
 
 import train
-from bench.common import print_table, write_results
+from bench.common import print_table, require_known, write_results
 from policies import DiffusionConfig
 
 # name -> (env, camera or None)
@@ -96,9 +96,7 @@ def run_row(args: Args, name: str) -> dict:
 
 def main() -> None:
     args = tyro.cli(Args)
-    unknown = [r for r in args.rows if r not in ROWS]
-    if unknown:
-        raise SystemExit(f"error: unknown rows {unknown}; known: {list(ROWS)}")
+    require_known(args.rows, ROWS, "rows")
     rows = [run_row(args, name) for name in args.rows]
     print_table(rows, ["row", "obs", "train_steps", "batch", "success_rate", "ci95", "expert_success", "data_wait_frac", "samples_per_s", "device"])
     write_results(

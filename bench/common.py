@@ -34,6 +34,13 @@ def write_results(out: Path | None, bench: str, protocol: str, results: list[dic
     return payload
 
 
+def require_known(names: tuple[str, ...] | list[str], known: Any, what: str) -> None:
+    """Exit with a message listing the valid `what` when any of `names` is not in `known`."""
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"error: unknown {what} {unknown}; valid: {list(known)}")
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     if not rows:
         return

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import tyro
 
-from bench.common import print_table, write_results
+from bench.common import print_table, require_known, write_results
 from data.normalize import Normalizer
 from policies import DiffusionConfig, Policy, VQBeTConfig, make_policy
 from policies.diffusion.compile import compile_sampling, uncompiled
@@ -110,9 +110,7 @@ def sweep_success(path: Path | None) -> dict[tuple[str, str], float]:
 def main() -> None:
     args = tyro.cli(Args)
     torch.set_num_threads(args.threads)
-    unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"error: unknown variants {unknown}; valid: {list(VARIANTS)}")
+    require_known(args.variants, VARIANTS, "variants")
     success = sweep_success(args.success_from)
     rows, results = [], []
     todo = [(name, *VARIANTS[name]) for name in args.variants]

@@ -22,7 +22,7 @@ import torch
 import tyro
 
 import train
-from bench.common import evaluate_checkpoint, print_table, train_measured, write_results
+from bench.common import evaluate_checkpoint, print_table, require_known, train_measured, write_results
 from bench.metaworld_success import SPLITS, split_of
 from policies import DiffusionConfig
 
@@ -67,9 +67,7 @@ def train_recipe(args: Args, recipe: str, task: str, demos: Path) -> tuple[Path,
 def main() -> None:
     args = tyro.cli(Args)
     torch.set_num_threads(args.threads)
-    unknown = [r for r in args.recipes if r not in RECIPES]
-    if unknown:
-        raise SystemExit(f"error: unknown recipes {unknown}; valid: {sorted(RECIPES)}")
+    require_known(args.recipes, RECIPES, "recipes")
     rows = []
     for task in args.tasks:
         demos = args.runs / "demos" / f"{task}-{args.n_demos}demos.zarr"

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from bench.common import print_table, write_results
+from bench.common import print_table, require_known, write_results
 from core.io import atomic_write_bytes
 from envs.rollout import wilson_interval
 
@@ -172,9 +172,7 @@ def plot(curves: dict[str, dict], task: str, base_success: float, path: Path) ->
 
 def main() -> None:
     args = tyro.cli(Args)
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown:
-        raise SystemExit(f"error: unknown methods {unknown}; known: {sorted(METHODS)}")
+    require_known(args.methods, METHODS, "methods")
     base = ensure_base(args)
     all_rows, aggregates, curves = [], [], {}
     for method in args.methods:

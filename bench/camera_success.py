@@ -2,7 +2,8 @@
 
     python -m bench.camera_success --out bench/results/camera_success.json                 # every row below
     python -m bench.camera_success --rows lift-state can-state --out bench/results/robosuite_state.json
-    python -m bench.camera_success --rows lift-image --image-steps 3000 --image-batch 64 --device cuda --out ...
+    python -m bench.camera_success --rows lift-image --image-recipe conv-mlp-flow --image-steps 8000 --out bench/results/lift_image_conv.json
+    python -m bench.camera_success --rows lift-image --image-recipe resnet-unet --image-steps 3000 --device cuda --out ...
 
 Protocol: 50 scripted demos per env (seeds 0+, failed attempts dropped and counted: the expert's success rate
 is reported), one policy per row, the final EMA checkpoint evaluated on 50 seeded episodes (seeds 100000+),
@@ -10,21 +11,23 @@ success = the env's info["success"] at any step (robosuite: _check_success(); Me
 episode limits 200 (Lift), 400 (Can), 500 (Meta-World). State rows use the `default` preset (2000 steps,
 batch 128) on the `state` key. Image rows read one 84x84 camera (random 76x76 crops) plus `proprio`, and
 no object state: the object must be found in the image. On CPU the image rows use --image-steps/--image-batch
-and are labelled with them.
+and are labelled with them. `train_cpu_minutes` = user + sys CPU of the training process and its loader workers.
+
+Image recipes: resnet-unet is the paper's (ResNet-18 GroupNorm trunk, 1-D UNet, DDPM, DDIM-10); conv-mlp-flow
+is the CPU recipe (4-layer conv trunk, the default preset's MLP denoiser, flow matching, 3 Euler steps).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
 
 import train
-from bench.common import print_table, require_known, write_results
+from bench.common import evaluate_checkpoint, print_table, require_known, train_measured, write_results
 from policies import DiffusionConfig
 
 # name -> (env, camera or None)
@@ -33,6 +36,12 @@ ROWS: dict[str, tuple[str, str | None]] = {
     "can-state": ("robosuite/PickPlaceCan", None),
     "lift-image": ("robosuite/Lift", "agentview"),
     "button-image": ("metaworld/button-press-topdown-v3", "corner2"),
+}
+
+# image recipe name -> DiffusionConfig overrides (on top of one camera + proprio)
+IMAGE_RECIPES: dict[str, dict] = {
+    "resnet-unet": {},
+    "conv-mlp-flow": {"vision_encoder": "conv", "backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3},
 }
 
 
@@ -47,6 +56,8 @@ class Args:
     """Training steps of the image rows."""
     image_batch: int = 64
     """Batch of the image rows."""
+    image_recipe: str = "conv-mlp-flow"
+    """Camera trunk and denoiser of the image rows, from IMAGE_RECIPES."""
     device: str = "cpu"
     num_threads: int | None = None
     runs: Path = Path("bench_runs/camera")
@@ -69,36 +80,34 @@ def demos_for(args: Args, env: str, camera: str | None) -> tuple[Path, dict]:
 def run_row(args: Args, name: str) -> dict:
     env, camera = ROWS[name]
     demos, expert = demos_for(args, env, camera)
+    preset = train.PRESETS["default"][1]
     if camera:
-        policy = DiffusionConfig(state_keys=("proprio",), image_keys=(f"image_{camera}",))
-        steps, batch = args.image_steps, args.image_batch
+        policy = DiffusionConfig(state_keys=("proprio",), image_keys=(f"image_{camera}",), **IMAGE_RECIPES[args.image_recipe])
+        steps, batch, recipe = args.image_steps, args.image_batch, args.image_recipe
     else:
-        policy, steps, batch = DiffusionConfig(), train.PRESETS["default"][1].steps, train.PRESETS["default"][1].batch_size
-    run_dir = args.runs / f"{name}-{args.n_demos}demos-{steps}steps-b{batch}"
-    if not (run_dir / "eval.json").exists():
-        cfg = dataclasses.replace(
-            train.PRESETS["default"][1], env=env, dataset=(demos,), policy=policy, steps=steps, batch_size=batch, eval_episodes=args.episodes,
-            run_dir=run_dir, resume=(run_dir / "train_config.json").exists(), device=args.device, num_threads=args.num_threads, save_every=250,
-        )
-        start = time.perf_counter()
-        train.train(cfg)
-        (run_dir / "bench_wall_s.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
-    ev = json.loads((run_dir / "eval.json").read_text())
-    wall = (run_dir / "bench_wall_s.txt").read_text().strip() if (run_dir / "bench_wall_s.txt").exists() else None
+        policy, steps, batch, recipe = preset.policy, preset.steps, preset.batch_size, "default preset"
+    run_dir = args.runs / f"{name}-{args.image_recipe + '-' if camera else ''}{args.n_demos}demos-{steps}steps-b{batch}"
+    cfg = dataclasses.replace(
+        preset, env=env, dataset=(demos,), policy=policy, steps=steps, batch_size=batch, eval_episodes=0,
+        run_dir=run_dir, device=args.device, num_threads=args.num_threads, save_every=500,
+    )
+    cpu_minutes = train_measured(cfg)
+    ev = evaluate_checkpoint(run_dir, env, args.episodes)
     log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     return {
-        "row": name, "env": env, "obs": f"{camera} {args.image_size}px + proprio" if camera else "state", "train_steps": steps, "batch": batch,
+        "row": name, "env": env, "obs": f"{camera} {args.image_size}px + proprio" if camera else "state", "recipe": recipe, "train_steps": steps, "batch": batch,
         "success_rate": ev["success_rate"], "ci95": [round(c, 3) for c in ev["ci95"]], "n": ev["n_episodes"], **expert,
-        "final_loss": log[-1]["loss"], "data_wait_frac": log[-1]["data_wait_frac"], "samples_per_s": log[-1]["samples_per_s"],
-        "wall_s_last_session": float(wall) if wall else None, "run_dir": str(run_dir), "device": args.device,
+        "train_cpu_minutes": round(cpu_minutes, 1), "final_loss": log[-1]["loss"], "data_wait_frac": log[-1]["data_wait_frac"],
+        "samples_per_s": log[-1]["samples_per_s"], "run_dir": str(run_dir), "device": args.device,
     }
 
 
 def main() -> None:
     args = tyro.cli(Args)
     require_known(args.rows, ROWS, "rows")
+    require_known((args.image_recipe,), IMAGE_RECIPES, "image recipe")
     rows = [run_row(args, name) for name in args.rows]
-    print_table(rows, ["row", "obs", "train_steps", "batch", "success_rate", "ci95", "expert_success", "data_wait_frac", "samples_per_s", "device"])
+    print_table(rows, ["row", "obs", "recipe", "train_steps", "batch", "success_rate", "ci95", "train_cpu_minutes", "expert_success", "data_wait_frac", "device"])
     write_results(
         args.out, "camera_success",
         f"{args.n_demos} scripted demos per env; Diffusion Policy; final EMA checkpoint; {args.episodes} episodes, seeds 100000+; "

@@ -13,7 +13,7 @@ Parts:
   the image DP's training speed at the same batch (forward + backward on CPU): the ratio says whether training
   waits for data.
 - level2: image DP training speed (84x84 camera + proprio, forward + backward + AdamW step, 2 threads, child
-  process) for denoiser x level2_samples: windows/s (observations encoded per second) and denoiser samples/s
+  process) for camera trunk (ResNet-18 or `conv`) x denoiser x level2_samples: windows/s (observations encoded per second) and denoiser samples/s
   (windows x level2_samples). With level-2 minibatching a step encodes batch/M windows and pairs each with M
   noised chunks, so the vision encoder runs M times less per denoiser sample.
 """
@@ -151,6 +151,8 @@ LEVEL2_VARIANTS = {  # name -> (DiffusionConfig overrides, windows per batch); e
     "mlp-flow M=1": ({"backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3}, 64),
     "mlp-flow M=4": ({"backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3, "level2_samples": 4}, 16),
     "mlp-flow M=8": ({"backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3, "level2_samples": 8}, 8),
+    "conv mlp-flow M=1": ({"vision_encoder": "conv", "backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3}, 64),
+    "conv mlp-flow M=4": ({"vision_encoder": "conv", "backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3, "level2_samples": 4}, 16),
 }
 
 

@@ -33,7 +33,7 @@ from core.io import (
 from data.normalize import Normalizer
 from policies.vision import MultiCameraEncoder
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # Version 1 predates cameras: its policies were state-only. Reading one adds exactly that, as explicit
 # fields (no cameras; the vision fields are then unused), so old checkpoints load and mean what they meant.
 V1_TO_V2_FIELDS = {
@@ -41,6 +41,8 @@ V1_TO_V2_FIELDS = {
 }
 # Version 2 predates multi-task policies: every one was single-task.
 V2_TO_V3_FIELDS = {"task_names": []}
+# Version 5 adds the choice of camera trunk; every earlier camera policy used ResNet-18.
+V4_TO_V5_FIELDS = {"vision_encoder": "resnet18"}
 # Later versions add fields per policy type: `Policy.fields_added` (e.g. version 4's diffusion backbones).
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -85,7 +87,8 @@ class Policy(nn.Module):
         self.vision: MultiCameraEncoder | None = None
         if config.image_keys:
             self.vision = MultiCameraEncoder(
-                config.image_keys, tuple(config.image_shape), config.resolved_crop_shape, config.vision_keypoints, config.vision_feature_dim
+                config.image_keys, tuple(config.image_shape), config.resolved_crop_shape, config.vision_keypoints, config.vision_feature_dim,
+                config.vision_encoder,
             )
         self._obs_history: deque[dict[str, torch.Tensor]] = deque(maxlen=config.n_obs_steps)
         self._action_queue: deque[torch.Tensor] = deque()
@@ -156,7 +159,9 @@ class Policy(nn.Module):
         """
         config = config_to_dict(self.config)
         if not config.get("image_keys"):  # camera fields do nothing without cameras: state-only hashes as in format 1
-            config = {k: v for k, v in config.items() if k not in V1_TO_V2_FIELDS}
+            config = {k: v for k, v in config.items() if k not in V1_TO_V2_FIELDS | V4_TO_V5_FIELDS}
+        if config.get("vision_encoder") == V4_TO_V5_FIELDS["vision_encoder"]:  # ResNet-18 cameras hash as in format 4
+            config.pop("vision_encoder")
         if not config.get("task_names"):  # single-task policies hash as in format 2
             config.pop("task_names", None)
         for fields in self.fields_added.values():  # fields at their pre-existing behaviour hash as before they existed
@@ -211,7 +216,7 @@ class Policy(nn.Module):
             raise CheckpointError(f"{path}: unknown policy_type {policy_type!r}; known: {sorted(_REGISTRY)}")
         cls = _REGISTRY[policy_type]
         if version < FORMAT_VERSION and isinstance(payload["config"], dict):
-            older = (V1_TO_V2_FIELDS if version == 1 else {}) | (V2_TO_V3_FIELDS if version <= 2 else {})
+            older = (V1_TO_V2_FIELDS if version == 1 else {}) | (V2_TO_V3_FIELDS if version <= 2 else {}) | (V4_TO_V5_FIELDS if version <= 4 else {})
             for added_in, fields in cls.fields_added.items():
                 older |= fields if version < added_in else {}
             payload["config"] = older | payload["config"]

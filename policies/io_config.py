@@ -30,6 +30,9 @@ class PolicyIOConfig:
     """(H, W, C) shared by every image key (train.py fills it from the store)."""
     crop_shape: tuple[int, ...] = ()
     """(h, w) random crop in training and center crop at inference; empty: about 90% of each side."""
+    vision_encoder: str = "resnet18"
+    """Per-camera convolutional trunk: resnet18 (ResNet-18 with GroupNorm, the diffusion_policy / robomimic
+    encoder) or conv (4 conv layers of 32-64 channels, about 8x fewer multiply-adds; bench/camera_success.py)."""
     vision_keypoints: int = 32
     """Spatial-softmax keypoints per camera."""
     vision_feature_dim: int = 64
@@ -50,6 +53,10 @@ class PolicyIOConfig:
             raise ValueError("a policy needs at least one state key or image key")
         if self.image_shape and (len(self.image_shape) != 3 or self.image_shape[2] != 3):
             raise ValueError(f"image_shape {self.image_shape} must be (H, W, 3)")
+        from policies.vision import VISION_ENCODERS
+
+        if self.vision_encoder not in VISION_ENCODERS:
+            raise ValueError(f"unknown vision_encoder {self.vision_encoder!r}; valid: {list(VISION_ENCODERS)}")
         if self.crop_shape and len(self.crop_shape) != 2:
             raise ValueError(f"crop_shape {self.crop_shape} must be (h, w)")
         if self.crop_shape and self.image_shape and any(c > s for c, s in zip(self.crop_shape, self.image_shape)):

@@ -25,6 +25,21 @@ def resnet18_groupnorm() -> nn.Sequential:
     return nn.Sequential(*list(net.children())[:-2])
 
 
+def small_conv() -> nn.Sequential:
+    """Four 3x3 conv layers (32, 32, 64, 64 channels, strides 2, 1, 2, 1) with GroupNorm: the cheap trunk.
+    About 27 M multiply-adds on a 76x76 crop against about 210 M for ResNet-18."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for out, stride in ((32, 2), (32, 1), (64, 2), (64, 1)):
+        layers += [nn.Conv2d(channels, out, kernel_size=3, stride=stride), nn.GroupNorm(out // 16, out), nn.ReLU(inplace=True)]
+        channels = out
+    return nn.Sequential(*layers)
+
+
+VISION_ENCODERS = {"resnet18": resnet18_groupnorm, "conv": small_conv}
+"""vision_encoder name -> trunk constructor (uint8-normalized (N, 3, h, w) -> feature map (N, C, h', w'))."""
+
+
 class SpatialSoftmax(nn.Module):
     """Feature map (B, C, H, W) -> expected image coordinates of `num_keypoints` learned heatmaps (B, 2K)."""
 
@@ -57,12 +72,12 @@ def crop(images: torch.Tensor, size: tuple[int, int], random: bool) -> torch.Ten
 
 
 class CameraEncoder(nn.Module):
-    """One camera: crop -> ResNet-18 (GroupNorm) -> spatial softmax -> linear, (N, H, W, C) uint8 -> (N, feature_dim)."""
+    """One camera: crop -> trunk (ResNet-18 or small conv) -> spatial softmax -> linear, (N, H, W, C) uint8 -> (N, feature_dim)."""
 
-    def __init__(self, image_shape: tuple[int, int, int], crop_shape: tuple[int, int], num_keypoints: int, feature_dim: int) -> None:
+    def __init__(self, image_shape: tuple[int, int, int], crop_shape: tuple[int, int], num_keypoints: int, feature_dim: int, trunk: str = "resnet18") -> None:
         super().__init__()
         self.crop_shape = crop_shape
-        self.backbone = resnet18_groupnorm()
+        self.backbone = VISION_ENCODERS[trunk]()
         with torch.no_grad():
             fmap = self.backbone(torch.zeros(1, image_shape[2], *crop_shape))
         self.pool = SpatialSoftmax(fmap.shape[1], fmap.shape[2], fmap.shape[3], num_keypoints)
@@ -80,12 +95,14 @@ class CameraEncoder(nn.Module):
 class MultiCameraEncoder(nn.Module):
     """One `CameraEncoder` per image key; per-step features concatenated in key order."""
 
-    def __init__(self, image_keys: tuple[str, ...], image_shape: tuple[int, int, int], crop_shape: tuple[int, int], num_keypoints: int, feature_dim: int) -> None:
+    def __init__(
+        self, image_keys: tuple[str, ...], image_shape: tuple[int, int, int], crop_shape: tuple[int, int], num_keypoints: int, feature_dim: int, trunk: str = "resnet18"
+    ) -> None:
         super().__init__()
         self.image_keys = image_keys
         self.image_shape = tuple(image_shape)
         # ModuleDict keys may not contain dots; store keys usually do not, but be safe.
-        self.cameras = nn.ModuleDict({_module_name(k): CameraEncoder(image_shape, crop_shape, num_keypoints, feature_dim) for k in image_keys})
+        self.cameras = nn.ModuleDict({_module_name(k): CameraEncoder(image_shape, crop_shape, num_keypoints, feature_dim, trunk) for k in image_keys})
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """obs[key]: (B, T, H, W, C) -> (B, T, n_cameras * feature_dim)."""

@@ -101,6 +101,11 @@ def test_camera_encoder_shapes_and_crops():
         encoder({k: v.float() for k, v in images.items()})
     with pytest.raises(ValueError, match=r"image 'image_a' has shape \(3, 2, 32, 32, 3\), expected \(B, T, 40, 40, 3\)"):
         encoder({k: v[:, :, :32, :32] for k, v in images.items()})
+    small = MultiCameraEncoder(("image_a",), (40, 40, 3), (32, 32), num_keypoints=8, feature_dim=16, trunk="conv")
+    assert small({"image_a": images["image_a"]}).shape == (3, 2, 16)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in encoder.cameras["image_a"].parameters()) / 50
+    with pytest.raises(ValueError, match=r"unknown vision_encoder 'vit'; valid: \['resnet18', 'conv'\]"):
+        DiffusionConfig(image_keys=("image_a",), vision_encoder="vit")
 
 
 def test_vqbet_takes_cameras_and_state(camera_demos):
@@ -165,7 +170,7 @@ def test_format_1_checkpoints_load_as_state_only_with_the_same_fingerprint(tmp_p
     old = tmp_path / "v1"
     shutil.copytree(tiny_dp_checkpoint, old)
     payload = json.loads((old / "config.json").read_text())
-    for field in ("image_keys", "image_shape", "crop_shape", "vision_keypoints", "vision_feature_dim", "vision_backbone_weights"):
+    for field in ("image_keys", "image_shape", "crop_shape", "vision_keypoints", "vision_feature_dim", "vision_backbone_weights", "vision_encoder"):
         del payload["config"][field]
     (old / "config.json").write_text(json.dumps({**payload, "format_version": 1}))
     loaded = Policy.from_pretrained(old)
@@ -173,5 +178,5 @@ def test_format_1_checkpoints_load_as_state_only_with_the_same_fingerprint(tmp_p
     assert loaded.fingerprint() == policy.fingerprint()  # RL wrappers saved against format-1 bases still load
     payload["format_version"] = 7
     (old / "config.json").write_text(json.dumps(payload))
-    with pytest.raises(Exception, match="format_version 7, this code reads 1 to 4"):
+    with pytest.raises(Exception, match="format_version 7, this code reads 1 to 5"):
         Policy.from_pretrained(old)

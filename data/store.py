@@ -113,6 +113,10 @@ class EpisodeStore:
         root = _open_root(path, mode)
         problems = _attr_problems(dict(root.attrs))
         if problems:
+            if not any(a in root.attrs for a in REQUIRED_ATTRS) and "data" in root and "meta" in root:
+                problems.append(
+                    f"this looks like a diffusion_policy store; convert it with: python -m data.import_dp {path} OUT.zarr --env <suite>/<task> --fps N"
+                )
             raise StoreError(f"{path}: " + "; ".join(problems))
         try:
             store = cls(path, root, mode)

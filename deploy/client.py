@@ -30,7 +30,8 @@ class PolicyServerError(RuntimeError):
 class PolicyClient:
     def __init__(self, uri: str, token: str | None = None, open_timeout: float = 10.0) -> None:
         headers = {"Authorization": f"Api-Key {token}"} if token else None
-        self._ws = connect(uri, additional_headers=headers, compression=None, max_size=None, open_timeout=open_timeout)
+        # entered as a context manager (websockets >= 17.1 deprecates using connect() bare); close() exits it
+        self._ws = connect(uri, additional_headers=headers, compression=None, max_size=None, open_timeout=open_timeout).__enter__()
         self.metadata: dict[str, Any] = wire.unpack(self._ws.recv(), max_bytes=1 << 20)
 
     def infer(self, obs: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
@@ -56,7 +57,13 @@ class PolicyClient:
         return reply
 
     def close(self) -> None:
-        self._ws.close()
+        self._ws.__exit__(None, None, None)
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __enter__(self) -> PolicyClient:  # noqa: PYI034
         return self

@@ -23,7 +23,6 @@ from core.io import CheckpointError, atomic_write_json
 from envs.rollout import evaluate
 from policies.base import Policy
 from policies.diffusion.compile import compile_sampling
-from policies.diffusion.policy import DiffusionPolicy
 
 
 @dataclass(frozen=True)
@@ -78,8 +77,6 @@ def main() -> None:
     except (CheckpointError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
     if cfg.num_inference_steps is not None or cfg.sampler is not None:
-        if not isinstance(policy, DiffusionPolicy):
-            raise SystemExit(f"error: --num-inference-steps and --sampler apply to diffusion policies, {ckpt} holds a {policy.policy_type} policy")
         try:
             policy.set_sampler(cfg.sampler, cfg.num_inference_steps)
         except ValueError as e:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import tyro
 
-import train
+from policies.training import PRESETS
 from bench.common import evaluate_checkpoint, print_table, require_known, train_measured, write_results
 from policies import DiffusionConfig
 
@@ -80,7 +80,7 @@ def demos_for(args: Args, env: str, camera: str | None) -> tuple[Path, dict]:
 def run_row(args: Args, name: str) -> dict:
     env, camera = ROWS[name]
     demos, expert = demos_for(args, env, camera)
-    preset = train.PRESETS["default"][1]
+    preset = PRESETS["default"][1]
     if camera:
         policy = DiffusionConfig(state_keys=("proprio",), image_keys=(f"image_{camera}",), **IMAGE_RECIPES[args.image_recipe])
         steps, batch, recipe = args.image_steps, args.image_batch, args.image_recipe

@@ -64,11 +64,11 @@ def cpu_seconds() -> float:
 
 
 def train_measured(cfg: Any) -> float:
-    """`train.train(cfg)` once per run dir (resumed if interrupted, skipped when done); returns its training
+    """`policies.training.train(cfg)` once per run dir (resumed if interrupted, skipped when done); returns its training
     CPU-minutes (user + sys of this process / 60), recorded in <run_dir>/train_cpu.json.
 
     Pass `eval_episodes=0` so the number is training alone; evaluate with `evaluate_checkpoint`."""
-    import train
+    from policies.training import train
 
     done = cfg.run_dir / "train_cpu.json"
     if not done.exists():
@@ -76,7 +76,7 @@ def train_measured(cfg: Any) -> float:
 
         cfg = dataclasses.replace(cfg, resume=(cfg.run_dir / "train_config.json").exists())
         start = cpu_seconds()
-        train.train(cfg)
+        train(cfg)
         atomic_write_json(done, {"train_cpu_minutes": (cpu_seconds() - start) / 60, "resumed": cfg.resume})
     return json.loads(done.read_text())["train_cpu_minutes"]
 

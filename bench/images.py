@@ -118,7 +118,7 @@ def du(path: Path) -> int:
 
 def stream_and_measure(store: str, batches: int, batch_size: int, workers: int) -> dict:
     """Run in a fresh process: open the store as train.py does, sample, report peak RSS and windows/s."""
-    import train
+    from data.training import load_training_data
     from data.loader import step_batch_loader
     from data.sampler import WindowSampler
     from policies import DiffusionConfig
@@ -126,7 +126,7 @@ def stream_and_measure(store: str, batches: int, batch_size: int, workers: int) 
 
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cfg = DiffusionConfig(state_keys=("proprio",), image_keys=("image_corner2",))
-    st, arrays, cfg = train.load_training_data(Path(store), cfg)
+    st, arrays, cfg = load_training_data(Path(store), cfg)
     sampler = WindowSampler(arrays, st.episode_ends, window_offsets(cfg))
     batches_iter = step_batch_loader(sampler, batch_size, 0, 0, batches + 1, workers, pin_memory=False)
     next(batches_iter)  # workers started, first batch ready

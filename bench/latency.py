@@ -44,6 +44,7 @@ VARIANTS: dict[str, tuple[DiffusionConfig, str, str]] = {
     "transformer-flow-euler3": (replace(STATE, backbone="transformer", **FLOW, num_inference_steps=3), "transformer-flow", "euler-3"),
     "image-unet-ddpm-ddim10": (IMAGE, "", ""),
     "image-mlp-flow-euler3": (replace(IMAGE, backbone="mlp", **FLOW, num_inference_steps=3), "", ""),
+    "image-conv-mlp-flow-euler3": (replace(IMAGE, vision_encoder="conv", backbone="mlp", **FLOW, num_inference_steps=3), "", ""),
 }
 
 
@@ -66,8 +67,7 @@ def build(config) -> Policy:
     data[config.action_key] = rng.uniform(-1, 1, size=(64, config.action_dim)).astype(np.float32)
     torch.manual_seed(0)
     policy = make_policy(config, Normalizer.fit(data, config.normalization_modes())).eval()
-    if isinstance(config, VQBeTConfig):
-        policy.vq_steps_done.fill_(config.vq_train_steps)
+    policy.finish_training_phases()  # random weights, timed as a trained policy
     return policy
 
 

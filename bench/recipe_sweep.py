@@ -7,7 +7,7 @@ Protocol: the DP3 demo budget (10 scripted demos per task, seeds 0+), state obse
 run per (recipe, task) with evaluation switched off, then the final EMA checkpoint is evaluated with each
 of the recipe's samplers over the same 50 seeded episodes (seeds 100000+; success = info["success"] at any
 step of a 500-step episode). `train_cpu_minutes` is the training's user + sys CPU time (all threads of
-this process) / 60, measured with getrusage around `train.train`; nothing else should run meanwhile.
+this process) / 60, measured with getrusage around `policies.training.train`; nothing else should run meanwhile.
 Runs live in bench_runs/sweep/<recipe>/<task>/ and finished ones (train and each sampler's eval) are reused.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import tyro
 
-import train
+from policies.training import PRESETS
 from bench.common import evaluate_checkpoint, print_table, require_known, train_measured, write_results
 from bench.metaworld_success import SPLITS, split_of
 from policies import DiffusionConfig
@@ -56,7 +56,7 @@ def train_recipe(args: Args, recipe: str, task: str, demos: Path) -> tuple[Path,
     """Train once (reused when done); returns the run dir and the training CPU-minutes."""
     policy_kw, train_kw, _ = RECIPES[recipe]
     run_dir = args.runs / recipe / task
-    base = train.PRESETS["default"][1]
+    base = PRESETS["default"][1]
     cfg = dataclasses.replace(
         base, env=f"metaworld/{task}", dataset=(demos,), eval_episodes=0, seed=args.seed, run_dir=run_dir,
         policy=dataclasses.replace(DiffusionConfig(), **policy_kw), **train_kw,

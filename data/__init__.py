@@ -1,15 +1,27 @@
-"""Data layer: zarr episode store, windowed sampler, per-key normaliser."""
+"""Data layer: zarr episode store, windowed sampler, per-key normaliser, importers and exporters.
 
-from data.normalize import Normalizer
-from data.sampler import WindowSampler
-from data.store import SCHEMA_VERSION, EpisodeStore, KeySpec, StoreError, write_store_atomically
+Names resolve lazily, so the command-line tools (data.import_lerobot, data.inspect, ...) do not load torch.
+"""
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "EpisodeStore",
-    "KeySpec",
-    "Normalizer",
-    "StoreError",
-    "WindowSampler",
-    "write_store_atomically",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOME = {
+    "SCHEMA_VERSION": "data.store",
+    "EpisodeStore": "data.store",
+    "KeySpec": "data.store",
+    "StoreError": "data.store",
+    "write_store_atomically": "data.store",
+    "Normalizer": "data.normalize",
+    "WindowSampler": "data.sampler",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOME[name]), name)

@@ -1,7 +1,7 @@
 """Streaming image windows from a zarr store: frames are read on demand, batches are built in worker processes.
 
 Low-dim keys are small and live in RAM (`EpisodeStore.load`). Image keys can be many GB, so the sampler gets
-a `LazyFrames` view instead: indexing it reads only the frames a batch needs (one zarr chunk per frame).
+a `data.frames.LazyFrames` view instead: indexing it reads only the frames a batch needs.
 `step_batch_loader` builds batch `s` from a generator seeded by (seed, s), so any number of workers, any
 prefetch depth and a resumed run all see the same batches.
 """
@@ -12,60 +12,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import zarr
 
 from core.distributed import DistInfo
 from data.sampler import WindowSampler
 from data.stream import StreamingWindows
-
-
-class LazyFrames:
-    """A zarr array (T, H, W, C) that reads frames only when indexed: `frames[index]` for any int array."""
-
-    def __init__(self, array: zarr.Array, n_steps: int, where: str) -> None:
-        self.array = array
-        self.n_steps = n_steps
-        self.where = where
-        self.shape = (n_steps, *array.shape[1:])
-        self.dtype = array.dtype
-
-    def __len__(self) -> int:
-        return self.n_steps
-
-    def __getitem__(self, index: np.ndarray) -> np.ndarray:
-        index = np.asarray(index)
-        unique, inverse = np.unique(index.reshape(-1), return_inverse=True)
-        try:
-            frames = self.array.get_orthogonal_selection((unique,))
-        except Exception as exc:
-            raise OSError(f"{self.where}: cannot read frames {unique[:4].tolist()}...: {exc}") from exc
-        return frames[inverse].reshape(*index.shape, *frames.shape[1:])
-
-
-class ConcatFrames:
-    """Several stores' lazy frames as one: global step i lies in the part whose range holds it."""
-
-    def __init__(self, parts: list[LazyFrames]) -> None:
-        shapes = {(p.shape[1:], str(p.dtype)) for p in parts}
-        if len(shapes) != 1:
-            raise ValueError(f"frames differ in shape/dtype across stores: {[(p.where, p.shape[1:], str(p.dtype)) for p in parts]}")
-        self.parts = parts
-        self.starts = np.cumsum([0] + [len(p) for p in parts])
-        self.shape = (int(self.starts[-1]), *parts[0].shape[1:])
-        self.dtype = parts[0].dtype
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: np.ndarray) -> np.ndarray:
-        index = np.asarray(index)
-        flat = index.reshape(-1)
-        part = np.searchsorted(self.starts, flat, side="right") - 1
-        out = np.empty((len(flat), *self.shape[1:]), self.dtype)
-        for p in np.unique(part):
-            mask = part == p
-            out[mask] = self.parts[p][flat[mask] - self.starts[p]]
-        return out.reshape(*index.shape, *self.shape[1:])
 
 
 class StepBatches(torch.utils.data.Dataset):

@@ -27,6 +27,8 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 
+from data.frames import LazyFrames
+
 SCHEMA_VERSION = 1
 REQUIRED_ATTRS = ("schema_version", "env_id", "fps", "source")
 LOWDIM_CHUNK_STEPS = 10_000
@@ -324,8 +326,6 @@ class EpisodeStore:
 
     def frames(self, key: str):
         """A lazy view of an image key's committed steps: indexing reads only the frames asked for."""
-        from data.loader import LazyFrames
-
         if key not in self._arrays:
             raise KeyError(f"{self.path}: unknown data key {key!r}; available keys {self.keys}")
         return LazyFrames(self._arrays[key], self.n_steps, f"{self.path}/data/{key}")

@@ -59,12 +59,6 @@ class PolicyClient:
     def close(self) -> None:
         self._ws.__exit__(None, None, None)
 
-    def __enter__(self) -> PolicyClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __enter__(self) -> PolicyClient:  # noqa: PYI034
         return self
 

@@ -1,6 +1,6 @@
 """Robot-side chunk execution: time-stamped actions, latency-aware prefetching, stitching and safety.
 
-Needs only numpy. Time is counted in control ticks (1 / fps): an observation taken at tick k yields a
+Needs only numpy and core/window.py. Time is counted in control ticks (1 / fps): an observation taken at tick k yields a
 chunk whose action i is meant for tick k + i. When the chunk arrives at tick k + L (L = latency), its
 first L actions are stale and dropped: the arm has moved on and must not replay the past.
 
@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
+
+from core.window import ObsWindow
 
 
 class Robot(Protocol):
@@ -127,7 +129,7 @@ class ChunkExecutor:
 
     def reset(self) -> None:
         """Start of an episode: forget observations, chunks, the last command and pending requests."""
-        self._obs: deque[dict[str, np.ndarray]] = deque(maxlen=self.config.n_obs_steps)
+        self._obs: ObsWindow[np.ndarray] = ObsWindow(self.config.n_obs_steps)
         self._chunks: deque[_Chunk] = deque(maxlen=16)
         self._next_id = 0
         self._in_flight: list[int] = []  # obs ticks of requests not answered yet
@@ -140,14 +142,11 @@ class ChunkExecutor:
     # ---- observations and requests ---------------------------------------------------------------
     def observe(self, obs: dict[str, np.ndarray]) -> None:
         """Record this tick's observation (every tick, so the window is consecutive like in training)."""
-        if not self._obs:
-            self._obs.extend([obs] * self.config.n_obs_steps)
-        else:
-            self._obs.append(obs)
+        self._obs.push(obs)
 
     def window(self) -> dict[str, np.ndarray]:
         """The request body: each key stacked over the last n_obs_steps ticks."""
-        return {k: np.stack([o[k] for o in self._obs]) for k in self._obs[-1]}
+        return self._obs.stacked(np.stack)
 
     @property
     def latency_ticks(self) -> int:
@@ -297,8 +296,9 @@ def simulated_tick(
 ) -> list[np.ndarray | None]:
     """One tick of several robots on a simulated clock; `None` marks a finished robot.
 
-    Requests made at this tick are answered at once by `infer_windows(list of windows) -> (B, n, dim)` (one
-    batched forward pass) but delivered `latency_ticks` later; meanwhile the robots keep stepping on what
+    Requests made at this tick are answered at once by `infer_windows(windows, robot indices) -> (B, n, dim)`
+    (one batched forward pass; the indices say whose episode each window continues) but delivered
+    `latency_ticks` later; meanwhile the robots keep stepping on what
     they have (older actions, or the hold action). Deterministic, and independent of how fast inference is.
     """
     def deliver(i: int) -> None:
@@ -314,7 +314,7 @@ def simulated_tick(
             if executor.wants_request(tick):
                 asking.append(i)
     if asking:
-        replies = infer_windows([executors[i].window() for i in asking])
+        replies = infer_windows([executors[i].window() for i in asking], asking)
         for i, actions in zip(asking, replies):
             executors[i].request_sent(tick)
             pending[i].append((tick + latency_ticks, tick, actions))
@@ -335,7 +335,7 @@ def run_simulated(robot: Robot, client: InferenceClient, executor: ChunkExecutor
     `done()`: checked after every tick; True ends the run early (e.g. the episode terminated).
     """
     pending: list[deque] = [deque()]
-    infer = lambda windows: [np.asarray(client.infer(w)["actions"]) for w in windows]
+    infer = lambda windows, robots: [np.asarray(client.infer(w)["actions"]) for w in windows]  # noqa: E731
     for tick in range(max_ticks):
         (action,) = simulated_tick([executor], [robot.get_observation()], infer, latency_ticks, tick, pending)
         robot.send_action(action)

@@ -4,7 +4,7 @@
 
 Layout:
     checkpoint/        the policy checkpoint (safetensors + JSON; wrappers include their base)
-    src/policies/      the policy code; src/core/io.py and src/data/normalize.py (what it imports, nothing else)
+    src/policies/      the policy code; src/core/io.py, src/core/window.py and src/data/normalize.py (what it imports, nothing else)
     load_policy.py     `from load_policy import load; policy = load()`, or run it for a self-check
     requirements.txt   torch, torchvision, safetensors, numpy, diffusers, einops
     manifest.json      sha256 of every file, the policy's fingerprint, and the git commit it came from
@@ -83,11 +83,12 @@ def export_bundle(checkpoint: Path, out: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         shutil.copytree(ckpt, tmp / "checkpoint", ignore=shutil.ignore_patterns("videos", "eval_*.json", "train_state"))
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "training.py")  # the training loop stays behind
         shutil.copytree(ROOT / "policies", tmp / "src" / "policies", ignore=ignore)
         (tmp / "src" / "core").mkdir(parents=True)
         (tmp / "src" / "core" / "__init__.py").write_text("")
         shutil.copy2(ROOT / "core" / "io.py", tmp / "src" / "core" / "io.py")
+        shutil.copy2(ROOT / "core" / "window.py", tmp / "src" / "core" / "window.py")
         (tmp / "src" / "data").mkdir()
         (tmp / "src" / "data" / "__init__.py").write_text('"""Only the normalizer: the bundle carries no dataset code."""\n')
         shutil.copy2(ROOT / "data" / "normalize.py", tmp / "src" / "data" / "normalize.py")

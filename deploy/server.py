@@ -12,6 +12,9 @@ Protocol (openpi-compatible, see docs/deploy.md):
   `noise_seed` (int: reproducible diffusion noise), `timestamp` (echoed back). Other keys are ignored.
 - The reply is a binary frame {"actions": (horizon - n_obs_steps + 1, action_dim) float32 in env units,
   the first aligned with the observation's step; "n_action_steps"; "timestamp"; "server_timing"}.
+  Per-step policies (metadata "acts_per_step": the residual) reply with one action for the observation's
+  step, computed by `select_action` with this connection's episode state, exactly as eval.py runs them;
+  metadata then says n_action_steps = actions_per_reply = 1, and `reset` starts a new episode.
 - Errors are text frames {"error": {"code", "message"}} (plus "traceback" with --debug). The connection
   stays open: one bad request never costs the robot its session or the server its life.
 - Auth: when a token is set, the upgrade request needs `Authorization: Api-Key <token>` (what openpi_client
@@ -30,7 +33,6 @@ import http
 import logging
 import time
 import traceback
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,7 @@ import websockets
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from core.window import ObsWindow
 from deploy import wire
 from policies.base import Policy
 
@@ -69,6 +72,7 @@ class ServerOptions:
 class _Pending:
     window: dict[str, np.ndarray]
     noise_seed: int | None
+    session: Any
     future: asyncio.Future
     queued_at: float = field(default_factory=time.perf_counter)
 
@@ -80,15 +84,24 @@ def obs_spec(policy: Policy) -> dict[str, dict[str, Any]]:
     return spec
 
 
-def takes_noise(policy: Policy) -> bool:
-    """Whether `predict_action_chunk(obs, noise)` takes a (B, horizon, action_dim) draw: a diffusion policy or a wrapper of one."""
-    return hasattr(policy, "noise_shape") or hasattr(getattr(policy, "base", None), "noise_shape")
+def served_chunking(policy: Policy) -> tuple[int, int]:
+    """(actions a robot executes from one reply before the next takes over, actions per reply): the policy's
+    n_action_steps and horizon - n_obs_steps + 1 for chunked policies, (1, 1) for per-step ones."""
+    if policy.acts_per_step:
+        return 1, 1
+    c = policy.config
+    return c.n_action_steps, c.horizon - c.n_obs_steps + 1
 
 
 class PolicyRunner:
     """The torch side of serving: validates requests into observation windows and runs batched inference.
 
     Shared by the websocket server and in-process users (the latency simulation in `deploy.sim`).
+
+    Chunked policies answer each request with a chunk from the request's window, batched across requests.
+    Per-step policies (`policy.acts_per_step`: the residual) answer with one action, computed as eval.py
+    computes it: `select_action` on the newest observation, with the episode state (base chunk queue,
+    observation windows) of the requesting session (one per connection or simulated robot).
     """
 
     def __init__(self, policy: Policy) -> None:
@@ -96,10 +109,27 @@ class PolicyRunner:
         self.policy = policy.eval()
         self.config = policy.config
         self.spec = obs_spec(policy)
-        self.takes_noise = takes_noise(policy)
+        self.takes_noise = policy.noise_shape(1) is not None
+        self.per_step = policy.acts_per_step
         self.device = next(policy.parameters()).device
+        self._sessions: dict[Any, Policy] = {}
 
-    def window(self, request: Any, history: deque[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    @property
+    def n_action_steps(self) -> int:
+        return served_chunking(self.policy)[0]
+
+    def reset_session(self, key: Any) -> None:
+        """A new episode for `key`: a per-step policy's chunk queue and windows restart."""
+        if key in self._sessions:
+            self._sessions[key].reset()
+
+    def end_session(self, key: Any) -> None:
+        self._sessions.pop(key, None)
+
+    def end_all_sessions(self) -> None:
+        self._sessions.clear()
+
+    def window(self, request: Any, history: ObsWindow[np.ndarray]) -> dict[str, np.ndarray]:
         """A decoded request -> the observation window (n_obs_steps, *shape) per key; bad input raises WireError.
 
         One-step observations go through `history` (this connection's last n_obs_steps, padded at the start by
@@ -137,11 +167,8 @@ class PolicyRunner:
         if windows:
             return {k: as_model(k, v) for k, v in windows.items()}
         step_obs = {k: as_model(k, v) for k, v in step_obs.items()}
-        if not history:
-            history.extend([step_obs] * steps)
-        else:
-            history.append(step_obs)
-        return {k: np.stack([o[k] for o in history]) for k in self.spec}
+        history.push(step_obs)
+        return history.stacked(np.stack, self.spec)
 
     def noise_seed(self, request: dict) -> int | None:
         seed = request.get("noise_seed")
@@ -154,17 +181,37 @@ class PolicyRunner:
         return seed
 
     @torch.no_grad()
-    def infer_batch(self, windows: list[dict[str, np.ndarray]], seeds: list[int | None] | None = None) -> np.ndarray:
-        """Windows in env units -> (B, horizon - n_obs_steps + 1, action_dim) float32 actions from the current step on."""
+    def infer_batch(self, windows: list[dict[str, np.ndarray]], seeds: list[int | None] | None = None, sessions: list[Any] | None = None) -> np.ndarray:
+        """Windows in env units -> (B, actions_per_reply, action_dim) float32 actions from the current step on.
+
+        `sessions` (per-step policies only, one key per window): whose episode state each request continues."""
+        seeds = seeds or [None] * len(windows)
+        if self.per_step:
+            if sessions is None or len(sessions) != len(windows):
+                raise ValueError("a per-step policy needs one session key per request")
+            return np.stack([self._step(window, seed, key) for window, seed, key in zip(windows, seeds, sessions)])
         obs = {k: torch.from_numpy(np.stack([w[k] for w in windows])).to(self.device) for k in self.spec}
         noise = None
-        if seeds is not None and any(seed is not None for seed in seeds):
-            shape = (self.config.horizon, self.config.action_dim)
+        if any(seed is not None for seed in seeds):
+            shape = self.policy.noise_shape(1)[1:]
             noise = torch.stack([
                 torch.randn(shape, generator=torch.Generator().manual_seed(seed)) if seed is not None else torch.randn(shape) for seed in seeds
             ]).to(self.device)
         chunk = self.policy.predict_action_chunk(obs, noise=noise)
         return chunk[:, self.config.n_obs_steps - 1 :].float().cpu().numpy()
+
+    def _step(self, window: dict[str, np.ndarray], seed: int | None, key: Any) -> np.ndarray:
+        """One per-step action (1, action_dim) for session `key` from the newest observation of `window`."""
+        if key not in self._sessions:
+            self._sessions[key] = self.policy.fork()
+        obs = {k: torch.from_numpy(window[k][-1:]).to(self.device) for k in self.spec}
+        if seed is None:
+            action = self._sessions[key].select_action(obs)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                action = self._sessions[key].select_action(obs)
+        return action.float().cpu().numpy()
 
 
 class PolicyServer:
@@ -191,7 +238,7 @@ class PolicyServer:
                 continue
             started = time.perf_counter()
             try:
-                actions = await loop.run_in_executor(self._executor, self.runner.infer_batch, [p.window for p in batch], [p.noise_seed for p in batch])
+                actions = await loop.run_in_executor(self._executor, self.runner.infer_batch, [p.window for p in batch], [p.noise_seed for p in batch], [p.session for p in batch])
             except Exception as e:  # noqa: BLE001  (a failing forward pass must not take the server down)
                 for p in batch:
                     if not p.future.done():
@@ -221,7 +268,7 @@ class PolicyServer:
     async def _handle(self, ws: ServerConnection) -> None:
         assert self._queue is not None
         self.stats["connections"] += 1
-        spec, history = self.runner.spec, deque(maxlen=self.runner.config.n_obs_steps)
+        spec, history = self.runner.spec, ObsWindow(self.runner.config.n_obs_steps)
         try:
             await ws.send(self._metadata_frame)
             async for message in ws:
@@ -229,17 +276,19 @@ class PolicyServer:
                 self.stats["requests"] += 1
                 try:
                     request = wire.unpack(message, self.options.max_message_bytes)
-                    if isinstance(request, dict) and request.get("reset") is True and not any(k in request for k in spec):
-                        history.clear()
-                        await ws.send(wire.pack({"reset": True}))
-                        continue
+                    if isinstance(request, dict) and request.get("reset") is True:
+                        self.runner.reset_session(ws)
+                        if not any(k in request for k in spec):
+                            history.clear()
+                            await ws.send(wire.pack({"reset": True}))
+                            continue
                     window = self.runner.window(request, history)
                     seed = self.runner.noise_seed(request)
                 except wire.WireError as e:
                     await self._error(ws, e.code, str(e), e)
                     continue
                 future = asyncio.get_running_loop().create_future()
-                await self._queue.put(_Pending(window, seed, future))
+                await self._queue.put(_Pending(window, seed, ws, future))
                 try:
                     actions, infer_ms, queue_ms, batch_size = await future
                 except Exception as e:
@@ -247,12 +296,14 @@ class PolicyServer:
                     await self._error(ws, "inference_failed", f"inference failed: {type(e).__name__}", e)
                     continue
                 reply = {
-                    "actions": actions, "n_action_steps": self.runner.config.n_action_steps, "timestamp": request.get("timestamp"),
+                    "actions": actions, "n_action_steps": self.runner.n_action_steps, "timestamp": request.get("timestamp"),
                     "server_timing": {"infer_ms": infer_ms, "queue_ms": queue_ms, "total_ms": 1000 * (time.perf_counter() - received), "batch_size": batch_size},
                 }
                 await ws.send(wire.pack(reply))
         except websockets.ConnectionClosed:
             pass
+        finally:
+            self.runner.end_session(ws)
 
     async def start(self) -> websockets.asyncio.server.Server:
         """Start serving on the running loop; returns the websockets server (its sockets tell the bound port)."""
@@ -296,17 +347,15 @@ def load_for_serving(checkpoint: Path, device: str = "cpu", env: str | None = No
     env = env or env_of_checkpoint(ckpt)
     props = env_properties(env) if env else {}
     c = policy.config
-    low, high = props.get("action_low"), props.get("action_high")
-    if getattr(c, "action_low", None):  # the residual stores the bounds it clips to
-        low, high = list(c.action_low), list(c.action_high)
+    low, high = policy.action_bounds() or (props.get("action_low"), props.get("action_high"))
     metadata = {
         "server": "chunkbot", "protocol_version": PROTOCOL_VERSION, "policy_type": policy.policy_type,
         "checkpoint": str(ckpt), "checkpoint_sha256": policy.fingerprint(), "env": env,
         "obs_spec": obs_spec(policy),
         "action_spec": {"key": c.action_key, "dim": int(c.action_dim), "low": low, "high": high},
         "fps": fps if fps is not None else props.get("fps"),
-        "n_obs_steps": c.n_obs_steps, "horizon": c.horizon, "n_action_steps": c.n_action_steps,
-        "actions_per_reply": c.horizon - c.n_obs_steps + 1, "inference": inference,
+        "n_obs_steps": c.n_obs_steps, "horizon": c.horizon, "n_action_steps": served_chunking(policy)[0],
+        "actions_per_reply": served_chunking(policy)[1], "acts_per_step": policy.acts_per_step, "inference": inference,
     }
     return policy, metadata
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from deploy.executor import ChunkExecutor, ExecutorConfig, SafetyLimits, simulated_tick
-from deploy.server import PolicyRunner
+from deploy.server import PolicyRunner, served_chunking
 from envs.make import env_properties
 from envs.rollout import EvalResult, evaluate
 
@@ -81,13 +81,15 @@ class LatencyController:
         self.holds = self.commands = self.stale = 0
 
     def start_wave(self, n_envs: int) -> None:
+        self.runner.end_all_sessions()  # per-step policies: every robot starts a new episode
         self.executors = [ChunkExecutor(self.config) for _ in range(n_envs)]
         self.pending: list[deque] = [deque() for _ in range(n_envs)]
 
     def actions(self, obs: dict[str, np.ndarray], done: np.ndarray, tick: int) -> np.ndarray:
         live = [None if done[i] else ex for i, ex in enumerate(self.executors)]
         per_env_obs = [None if done[i] else {k: v[i] for k, v in obs.items()} for i in range(len(done))]
-        commands = simulated_tick(live, per_env_obs, self.runner.infer_batch, self.latency_ticks, tick, self.pending)
+        infer = lambda windows, robots: self.runner.infer_batch(windows, sessions=robots)  # noqa: E731
+        commands = simulated_tick(live, per_env_obs, infer, self.latency_ticks, tick, self.pending)
         return np.stack([a if a is not None else np.zeros(self.config.action_dim, np.float32) for a in commands])
 
     def end_wave(self, n_active: int) -> None:
@@ -108,7 +110,7 @@ def evaluate_with_latency(
     latency_ticks = round(latency_ms / 1000 * props["fps"])
     c = policy.config
     config = ExecutorConfig(
-        fps=props["fps"], n_obs_steps=c.n_obs_steps, n_action_steps=c.n_action_steps, action_dim=c.action_dim,
+        fps=props["fps"], n_obs_steps=c.n_obs_steps, n_action_steps=served_chunking(policy)[0], action_dim=c.action_dim,
         mode=mode, stitch=stitch, safety=hold_for(env_name),
     )
     controller = LatencyController(policy, config, latency_ticks)

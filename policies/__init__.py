@@ -1,7 +1,6 @@
-"""Policy types. Importing this package registers each one for Policy.from_pretrained."""
+"""Policy types. Importing this package registers each one (policies.base.policy_class looks them up)."""
 
-from data.normalize import Normalizer
-from policies.base import Policy
+from policies.base import Policy, make_policy, policy_class, policy_class_for_config
 from policies.diffusion.config import DiffusionConfig
 from policies.diffusion.policy import DiffusionPolicy
 from policies.residual.config import ResidualConfig
@@ -12,11 +11,9 @@ from policies.vqbet.config import VQBeTConfig
 from policies.vqbet.policy import VQBeTPolicy
 
 PolicyConfig = DiffusionConfig | VQBeTConfig
-POLICY_FOR_CONFIG: dict[type, type[Policy]] = {DiffusionConfig: DiffusionPolicy, VQBeTConfig: VQBeTPolicy}
+"""Configs of the policies trained from demonstrations (train.py's --policy); the RL wrappers are built by rl/."""
 
-
-def make_policy(config: PolicyConfig, normalizer: Normalizer) -> Policy:
-    return POLICY_FOR_CONFIG[type(config)](config, normalizer)
-
-
-__all__ = ["DiffusionConfig", "DiffusionPolicy", "Policy", "PolicyConfig", "SteeredConfig", "SteeredPolicy", "ResidualConfig", "ResidualPolicy", "VQBeTConfig", "VQBeTPolicy", "make_policy"]
+__all__ = [
+    "DiffusionConfig", "DiffusionPolicy", "Policy", "PolicyConfig", "ResidualConfig", "ResidualPolicy", "SteeredConfig", "SteeredPolicy",
+    "VQBeTConfig", "VQBeTPolicy", "make_policy", "policy_class", "policy_class_for_config",
+]

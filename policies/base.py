@@ -2,16 +2,20 @@
 
 A policy works on observation windows of `n_obs_steps` and predicts chunks of `horizon` actions, of which
 `select_action` executes `n_action_steps` before planning again. Normalization lives inside the policy:
-inputs and outputs of `predict_action_chunk` and `select_action` are in env units.
+inputs and outputs of `predict_action_chunk` and `select_action` are in env units. The contract, including
+the capabilities a policy declares (acts_per_step, noise_shape, sampler_core, set_sampler, action_bounds,
+trains_in_phases), is written down in docs/policies.md. Every policy type registers itself by its
+`policy_type`; `policy_class` and `policy_class_for_config` look it up.
 
 Checkpoint directory (written by `save_pretrained`, read by `from_pretrained`):
-    config.json             {"policy_type": ..., "format_version": 4, "config": {every hyperparameter}}
+    config.json             {"policy_type": ..., "format_version": 5, "config": {every hyperparameter}}
     model.safetensors       the inference weights (the EMA weights when training used EMA)
     normalizer.safetensors  per-key normalization statistics and modes
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections import deque
@@ -30,6 +34,7 @@ from core.io import (
     load_safetensors,
     read_json,
 )
+from core.window import ObsWindow
 from data.normalize import Normalizer
 from policies.vision import MultiCameraEncoder
 
@@ -49,6 +54,31 @@ WEIGHTS_FILE = "model.safetensors"
 NORMALIZER_FILE = "normalizer.safetensors"
 
 _REGISTRY: dict[str, type[Policy]] = {}
+"""policy_type -> Policy subclass; filled by Policy.__init_subclass__ (import `policies` to register every type)."""
+
+
+def policy_class(policy_type: str) -> type[Policy]:
+    """The registered class of a policy type; unknown names fail with the list of known ones."""
+    import policies  # noqa: F401  (registers every policy type)
+
+    if policy_type not in _REGISTRY:
+        raise KeyError(f"unknown policy type {policy_type!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[policy_type]
+
+
+def policy_class_for_config(config: Any) -> type[Policy]:
+    """The registered class whose `config_class` is the type of `config`."""
+    import policies  # noqa: F401
+
+    for cls in _REGISTRY.values():
+        if type(config) is cls.config_class:
+            return cls
+    raise KeyError(f"no policy type takes a {type(config).__name__}; known: { {t: c.config_class.__name__ for t, c in sorted(_REGISTRY.items())} }")
+
+
+def make_policy(config: Any, normalizer: Normalizer) -> Policy:
+    """A fresh (untrained) policy of the type that `config` configures."""
+    return policy_class_for_config(config)(config, normalizer)
 
 
 def window_offsets(config: Any) -> dict[str, list[int]]:
@@ -67,6 +97,13 @@ class Policy(nn.Module):
 
     policy_type: ClassVar[str]
     config_class: ClassVar[type]
+    acts_per_step: ClassVar[bool] = False
+    """True when each action depends on that step's own observation (a residual correction): `select_action`
+    is the policy, and a chunk predicted from one observation is not. Servers answer such policies one action
+    per request (docs/deploy.md); chunked policies answer with a chunk."""
+    trains_in_phases: ClassVar[bool] = False
+    """True when some parameters get no gradient in some training steps (VQ-BeT's tokenizer, then its GPT):
+    DistributedDataParallel then needs find_unused_parameters."""
     fields_added: ClassVar[dict[int, dict[str, Any]]] = {}
     """Config fields this type gained in a checkpoint format version, with the values that reproduce what older
     checkpoints computed. Loading an older config adds them; the fingerprint leaves them out at those values."""
@@ -90,14 +127,43 @@ class Policy(nn.Module):
                 config.image_keys, tuple(config.image_shape), config.resolved_crop_shape, config.vision_keypoints, config.vision_feature_dim,
                 config.vision_encoder,
             )
-        self._obs_history: deque[dict[str, torch.Tensor]] = deque(maxlen=config.n_obs_steps)
-        self._action_queue: deque[torch.Tensor] = deque()
+        self.init_episode_state()
 
     # ---- contract --------------------------------------------------------------------------------
+    def init_episode_state(self) -> None:
+        """Create what `select_action` carries from step to step: the observation window and the action queue."""
+        self._obs_history: ObsWindow[torch.Tensor] = ObsWindow(self.config.n_obs_steps)
+        self._action_queue: deque[torch.Tensor] = deque()
+
     def reset(self) -> None:
         """Clear the observation history and the action queue (call at every episode start)."""
         self._obs_history.clear()
         self._action_queue.clear()
+
+    def fork(self) -> Policy:
+        """A policy that shares this one's weights but has its own episode state (for serving several robots)."""
+        forked = copy.copy(self)
+        forked._modules = dict(self._modules)  # a wrapper swaps its base for the base's fork in its own dict
+        forked.init_episode_state()
+        return forked
+
+    def noise_shape(self, batch_size: int) -> tuple[int, ...] | None:
+        """Shape of the `noise` that `predict_action_chunk(obs, noise)` takes (the same noise gives the same
+        chunk), or None when it takes none."""
+        return None
+
+    def sampler_core(self) -> Policy | None:
+        """The Diffusion Policy whose sampling loop produces this policy's chunks (itself, or a wrapper's base),
+        or None (e.g. VQ-BeT). Compiled inference (policies/diffusion/compile.py) targets it."""
+        return None
+
+    def set_sampler(self, name: str | None = None, steps: int | None = None) -> None:
+        """Switch the chunk sampler or its steps; raises ValueError where the policy has none to switch."""
+        raise ValueError(f"a {self.policy_type} policy has no diffusion sampler to change (--sampler / --num-inference-steps)")
+
+    def action_bounds(self) -> tuple[list[float], list[float]] | None:
+        """(low, high) that this policy clips its actions to, when it records them (the residual); else None."""
+        return None
 
     def predict_action_chunk(self, obs: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> torch.Tensor:
         """obs[key]: (B, n_obs_steps, *shape) in env units -> actions (B, horizon, action_dim) in env units."""
@@ -114,14 +180,9 @@ class Policy(nn.Module):
         Plans a chunk when the queue is empty and executes its steps n_obs_steps-1 ..
         n_obs_steps-1+n_action_steps-1, the ones aligned with now and the future.
         """
-        obs = {k: obs[k] for k in self.config.obs_keys}
-        if not self._obs_history:  # episode start: repeat the first observation, like the sampler's padding
-            self._obs_history.extend([obs] * self.config.n_obs_steps)
-        else:
-            self._obs_history.append(obs)
+        self._obs_history.push({k: obs[k] for k in self.config.obs_keys})
         if not self._action_queue:
-            window = {k: torch.stack([o[k] for o in self._obs_history], dim=1) for k in obs}
-            chunk = self.predict_action_chunk(window)
+            chunk = self.predict_action_chunk(self._obs_history.stacked(lambda steps: torch.stack(steps, dim=1)))
             start = self.config.n_obs_steps - 1
             self._action_queue.extend(chunk[:, start : start + self.config.n_action_steps].unbind(dim=1))
         return self._action_queue.popleft()
@@ -182,6 +243,9 @@ class Policy(nn.Module):
     def check_ready(self) -> None:
         """Raise if this policy cannot act yet (e.g. a VQ-BeT still in its tokenizer phase)."""
 
+    def finish_training_phases(self) -> None:
+        """Mark every training phase as done, so untrained weights can act (benchmarks, tests)."""
+
     def optim_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """Optimizer parameter groups; policies with parts that train differently override this."""
         return [{"params": list(self.parameters()), "lr": lr, "weight_decay": weight_decay}]
@@ -212,9 +276,10 @@ class Policy(nn.Module):
         if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
             raise CheckpointError(f"{path}: format_version {version!r}, this code reads 1 to {FORMAT_VERSION}")
         policy_type = payload["policy_type"]
-        if not isinstance(policy_type, str) or policy_type not in _REGISTRY:
-            raise CheckpointError(f"{path}: unknown policy_type {policy_type!r}; known: {sorted(_REGISTRY)}")
-        cls = _REGISTRY[policy_type]
+        try:
+            cls = policy_class(policy_type if isinstance(policy_type, str) else repr(policy_type))
+        except KeyError as e:
+            raise CheckpointError(f"{path}: {e.args[0]}") from None
         if version < FORMAT_VERSION and isinstance(payload["config"], dict):
             older = (V1_TO_V2_FIELDS if version == 1 else {}) | (V2_TO_V3_FIELDS if version <= 2 else {}) | (V4_TO_V5_FIELDS if version <= 4 else {})
             for added_in, fields in cls.fields_added.items():

@@ -63,6 +63,17 @@ class FrozenBasePolicy(Policy):
     def check_ready(self) -> None:
         self.base.check_ready()
 
+    def fork(self) -> FrozenBasePolicy:
+        forked = super().fork()
+        forked._modules["base"] = self.base.fork()
+        return forked
+
+    def noise_shape(self, batch_size: int) -> tuple[int, ...] | None:
+        return self.base.noise_shape(batch_size)
+
+    def sampler_core(self) -> Policy | None:
+        return self.base.sampler_core()
+
     def save_pretrained(self, directory: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:
         directory = Path(directory)
         self.base.save_pretrained(directory / BASE_DIR)

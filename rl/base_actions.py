@@ -13,6 +13,8 @@ from collections import deque
 import numpy as np
 import torch
 
+from core.window import ObsWindow
+
 from policies.base import Policy
 
 
@@ -23,7 +25,8 @@ class BaseActionQueues:
         self.keys = cfg.state_keys
         self.first = cfg.n_obs_steps - 1
         self.n_action_steps = cfg.n_action_steps
-        self.history: list[deque[dict[str, torch.Tensor]]] = [deque(maxlen=cfg.n_obs_steps) for _ in range(n_envs)]
+        self.device = next(base.parameters()).device
+        self.history: list[ObsWindow[torch.Tensor]] = [ObsWindow(cfg.n_obs_steps) for _ in range(n_envs)]
         self.queues: list[deque[torch.Tensor]] = [deque() for _ in range(n_envs)]
 
     def reset(self, mask: np.ndarray | None = None) -> None:
@@ -33,7 +36,8 @@ class BaseActionQueues:
             self.queues[i].clear()
 
     def windows(self, ids: list[int]) -> dict[str, torch.Tensor]:
-        return {k: torch.stack([torch.stack([o[k] for o in self.history[i]]) for i in ids]) for k in self.keys}
+        per_env = [self.history[i].stacked(torch.stack, self.keys) for i in ids]
+        return {k: torch.stack([w[k] for w in per_env]) for k in self.keys}
 
     @torch.no_grad()
     def step(self, obs: dict[str, np.ndarray], ids: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,8 +48,8 @@ class BaseActionQueues:
         """
         ids = list(range(len(self.queues))) if ids is None else ids
         for row, i in enumerate(ids):
-            current = {k: torch.as_tensor(obs[k][row], dtype=torch.float32) for k in self.keys}
-            self.history[i].extend([current] * (self.history[i].maxlen if not self.history[i] else 1))
+            current = {k: torch.as_tensor(obs[k][row], dtype=torch.float32, device=self.device) for k in self.keys}
+            self.history[i].push(current)
         need = [i for i in ids if not self.queues[i]]
         if need:
             chunk = self.base.predict_action_chunk(self.windows(need))

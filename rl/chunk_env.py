@@ -15,12 +15,12 @@ success and 0 on failure.
 from __future__ import annotations
 
 import functools
-from collections import deque
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from core.window import ObsWindow
 from envs.make import async_vector_env, make_env
 from policies.io_config import require_state_only
 
@@ -37,15 +37,15 @@ class ChunkedEnv(gym.Env):
         self.action_space = gym.spaces.Box(
             np.broadcast_to(inner.low, (n_action_steps, *inner.shape)), np.broadcast_to(inner.high, (n_action_steps, *inner.shape)), dtype=np.float32
         )
-        self._history: deque[dict[str, np.ndarray]] = deque(maxlen=n_obs_steps)
+        self._history: ObsWindow[np.ndarray] = ObsWindow(n_obs_steps)
 
     def _window(self) -> dict[str, np.ndarray]:
-        return {k: np.stack([o[k] for o in self._history]) for k in self._history[0]}
+        return self._history.stacked(np.stack)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
         self._history.clear()
-        self._history.extend([obs] * self.n_obs_steps)
+        self._history.push(obs)
         return self._window(), info
 
     def step(self, chunk: np.ndarray):
@@ -56,7 +56,7 @@ class ChunkedEnv(gym.Env):
         terminated = truncated = False
         for action in chunk:
             obs, _, terminated, truncated, info = self.env.step(action)
-            self._history.append(obs)
+            self._history.push(obs)
             steps += 1
             reward += float(info["success"])
             success |= bool(info["success"])

@@ -76,6 +76,8 @@ class RLRunConfig:
     """Continue the run in --run-dir from its last checkpoint (episodes in flight restart with new seeds)."""
     num_threads: int | None = None
     """torch CPU threads (default: torch's choice)."""
+    device: str = "cpu"
+    """torch device of the networks and the base (cuda where there is a GPU); replay buffers stay in host RAM."""
 
     def __post_init__(self) -> None:
         split_env_name(self.env)
@@ -91,19 +93,19 @@ class RLRunConfig:
 
 
 # Fields that may change on --resume without changing what a run computes.
-RESUMABLE_CHANGES = {"resume", "total_env_steps", "eval_every", "eval_episodes", "eval_n_envs", "eval_base", "save_every", "log_every", "num_threads"}
+RESUMABLE_CHANGES = {"resume", "total_env_steps", "eval_every", "eval_episodes", "eval_n_envs", "eval_base", "save_every", "log_every", "num_threads", "device"}
 
 # Training episode k of an RL run with seed s starts from env seed TRAIN_SEED_BASE * (s + 1) + k,
 # far from the evaluation seeds (100000+) and the demo seeds (0+).
 TRAIN_SEED_BASE = 1_000_000
 
 
-def load_base(path: Path) -> Policy:
+def load_base(path: Path, device: torch.device | str = "cpu") -> Policy:
     """A policy checkpoint dir, or a run dir (its checkpoints/last). The base is frozen, so a diffusion base samples
     through the compiled graph that eval.py and the server use (policies/diffusion/compile.py)."""
     from policies.diffusion.compile import compile_sampling
 
-    base = Policy.from_pretrained(resolve_checkpoint(path))
+    base = Policy.from_pretrained(resolve_checkpoint(path), map_location=device)
     compile_sampling(base)
     return base
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,28 +41,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import tyro
-from tqdm import tqdm
 
-from core.checkpoint import last_checkpoint, prepare_run_dir
-from core.io import CheckpointError, config_to_dict
-from policies.diffusion.policy import DiffusionPolicy
+from core.io import CheckpointError
 from policies.steered.config import for_base
 from policies.steered.policy import SteeredPolicy
-from rl.chunk_env import check_policy_matches_env, make_chunked_vector_env, to_torch_obs
-from rl.common import (
-    RESUMABLE_CHANGES,
-    Cadence,
-    EpisodeSeeds,
-    Evaluator,
-    RLRunConfig,
-    RolloutStats,
-    RunLog,
-    adam,
-    load_base,
-    load_checkpoint,
-    reset_finished,
-    save_checkpoint,
-)
+from rl.chunk_env import make_chunked_vector_env
+from rl.common import RLRunConfig, adam, reset_finished
+from rl.run import RLRun
 from rl.networks import QEnsemble, soft_update
 from rl.replay import ReplayBuffer
 
@@ -144,22 +128,17 @@ class EntropyTemperature(torch.nn.Module):
 
 
 def train(cfg: DSRLConfig) -> dict:
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    base = load_base(cfg.base)
-    if not isinstance(base, DiffusionPolicy):
+    run = RLRun(cfg, f"dsrl-{cfg.algo}")
+    base, device = run.base, run.device
+    if base.sampler_core() is not base:
         raise CheckpointError(f"{cfg.base} holds a {base.policy_type} policy; DSRL steers a Diffusion Policy (policy_type 'diffusion')")
-    check_policy_matches_env(base.config, cfg.env, f"base {cfg.base}")
-    run_dir = cfg.resolved_run_dir()
-    prepare_run_dir(run_dir, config_to_dict(cfg), cfg.resume, RESUMABLE_CHANGES)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    rng = run.rng
 
     policy = SteeredPolicy(
         for_base(base, noise_magnitude=cfg.noise_magnitude, hidden_dim=cfg.hidden_dim,
                  n_layers=cfg.n_layers, layer_norm=cfg.layer_norm, activation=cfg.activation, deterministic=cfg.deterministic),
         base,
-    )
+    ).to(device)
     policy.actor.init_log_std(cfg.log_std_init)
     pc = policy.config
     obs_dim, latent_dim = pc.obs_feature_dim, pc.latent_dim
@@ -171,13 +150,13 @@ def train(cfg: DSRLConfig) -> dict:
     max_return = 1.0 if cfg.terminate_on_success else pc.n_action_steps / (1 - cfg.gamma)
 
     def critic(in_dim: int) -> QEnsemble:
-        return QEnsemble(in_dim, 2, cfg.hidden_dim, cfg.n_layers, cfg.layer_norm, cfg.activation)
+        return QEnsemble(in_dim, 2, cfg.hidden_dim, cfg.n_layers, cfg.layer_norm, cfg.activation).to(device)
 
     # SAC: one twin critic on (s, w). NA: Q^A on (s, executed chunk) and Q^W on (s, w); only Q^W needs a target.
     noise_critic = critic(obs_dim + latent_dim)
     noise_critic_target = copy.deepcopy(noise_critic).requires_grad_(False)
     action_critic = critic(obs_dim + chunk_dim) if cfg.algo == "na" else None
-    temperature = EntropyTemperature(cfg.init_alpha)
+    temperature = EntropyTemperature(cfg.init_alpha).to(device)
     nets = {"noise_critic": noise_critic, "noise_critic_target": noise_critic_target, "temperature": temperature}
     optimizers = {
         "actor": adam(actor.parameters(), lr=cfg.lr),
@@ -193,21 +172,13 @@ def train(cfg: DSRLConfig) -> dict:
         aliases = ReplayBuffer(cfg.replay_capacity * (1 + cfg.aliases_per_env), {"obs": (obs_dim,), "latent": (latent_dim,), "chunk": (chunk_dim,)})
         buffers["aliases"] = aliases
 
-    state = {"env_steps": 0, "decisions": 0, "updates": 0, "episodes": 0, "successes": 0, "wall_s": 0.0, "eval_wall_s": 0.0}
-    ckpt = last_checkpoint(run_dir) if cfg.resume else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, policy, nets, optimizers, buffers, rng, tuple(state))
-        print(f"resumed from {ckpt} at env step {state['env_steps']}")
-    log = RunLog(run_dir, cfg.resume, state["env_steps"])
-    evaluate_now = Evaluator(cfg.env, cfg.eval_episodes, cfg.eval_n_envs, cfg.eval_seed_start, cfg.max_episode_steps, log, state)
-
     def sample_latent(features: torch.Tensor) -> torch.Tensor:
-        if state["env_steps"] < cfg.warmup_env_steps:  # the base's own N(0, I) noise, held to the bound
-            return torch.randn(features.shape[0], latent_dim).clamp(-mag, mag)
+        if run.state["env_steps"] < cfg.warmup_env_steps:  # the base's own N(0, I) noise, held to the bound
+            return torch.randn(features.shape[0], latent_dim).clamp(-mag, mag).to(device)
         return actor(features)[0]
 
     def update_critic_and_actor() -> dict[str, float]:
-        b = replay.sample(cfg.batch_size, rng)
+        b = replay.sample(cfg.batch_size, rng, device)
         alpha = temperature.alpha
         with torch.no_grad():
             next_latent, next_log_prob = actor(b["next_obs"])
@@ -244,7 +215,7 @@ def train(cfg: DSRLConfig) -> dict:
 
     def distill_noise_critic() -> dict[str, float]:
         """DSRL-NA: Q^W(s, w) <- min_i Q^A_i(s, base(s, w)) on stored fresh-noise pairs."""
-        b = aliases.sample(cfg.batch_size, rng)
+        b = aliases.sample(cfg.batch_size, rng, device)
         with torch.no_grad():
             target = action_critic(b["obs"], b["chunk"]).min(0).values
         q = noise_critic(b["obs"], b["latent"])
@@ -255,25 +226,18 @@ def train(cfg: DSRLConfig) -> dict:
         soft_update(noise_critic_target, noise_critic, cfg.tau)
         return {"distill_loss": loss.item()}
 
-    t_start = time.perf_counter() - state["wall_s"]  # wall time includes evaluations; eval_wall_s says how much
-    if state["env_steps"] == 0 and cfg.eval_base and cfg.eval_episodes:
-        evaluate_now(base, "base")
-
-    envs = make_chunked_vector_env(cfg.env, cfg.n_envs, pc.n_obs_steps, pc.n_action_steps,
-                                   max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success)
-    seeds = EpisodeSeeds(cfg.seed, state)
-    obs, _ = envs.reset(seed=seeds.take(cfg.n_envs))
-    stats = RolloutStats(cfg.n_envs, state)
-    log_due, eval_due, save_due = Cadence(cfg.log_every, state["env_steps"]), Cadence(cfg.eval_every, state["env_steps"]), Cadence(cfg.save_every, state["env_steps"])
-    bar = tqdm(total=cfg.total_env_steps, initial=state["env_steps"], desc=f"dsrl-{cfg.algo}", unit="step", dynamic_ncols=True)
-    try:
-        while state["env_steps"] < cfg.total_env_steps:
-            obs_t = to_torch_obs(obs)
+    with run.open(policy, nets, optimizers, buffers, counters=("decisions", "updates"), log_every=cfg.log_every):
+        state = run.state
+        envs = run.own(make_chunked_vector_env(cfg.env, cfg.n_envs, pc.n_obs_steps, pc.n_action_steps,
+                                               max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success))
+        obs, _ = envs.reset(seed=run.seeds.take(cfg.n_envs))
+        while not run.finished:
+            obs_t = run.to_device(obs)
             with torch.no_grad():
                 features = policy.state_features(obs_t)
                 latent = sample_latent(features)
                 if cfg.algo == "na":  # decode K fresh N(0, I) latents per env in the same batched base call
-                    fresh = torch.randn(cfg.n_envs * cfg.aliases_per_env, latent_dim).clamp(-mag, mag)
+                    fresh = torch.randn(cfg.n_envs * cfg.aliases_per_env, latent_dim).clamp(-mag, mag).to(device)
                     all_latent = torch.cat([latent, fresh])
                     all_obs = {k: v.repeat(1 + cfg.aliases_per_env, *[1] * (v.ndim - 1)) for k, v in obs_t.items()}
                 else:
@@ -281,20 +245,17 @@ def train(cfg: DSRLConfig) -> dict:
                 chunks = base.predict_action_chunk(all_obs, noise=all_latent.view(base.noise_shape(all_latent.shape[0])))
                 executed = chunks[:, first : first + pc.n_action_steps]
                 executed_norm = base.normalizer.normalize(pc.action_key, executed).flatten(1)
-            next_obs, reward, terminated, truncated, info = envs.step(executed[: cfg.n_envs].numpy())
+            next_obs, reward, terminated, truncated, info = envs.step(executed[: cfg.n_envs].cpu().numpy())
             with torch.no_grad():
-                next_features = policy.state_features(to_torch_obs(next_obs))
+                next_features = policy.state_features(run.to_device(next_obs))
             ends_value = terminated | (truncated & cfg.timeout_is_terminal)
             replay.add(obs=features, latent=latent, chunk=executed_norm[: cfg.n_envs], reward=reward, next_obs=next_features, terminated=ends_value)
             if cfg.algo == "na":
                 aliases.add(obs=features.repeat(1 + cfg.aliases_per_env, 1), latent=all_latent, chunk=executed_norm)
-            steps = int(np.sum(info["env_steps"]))
-            state["env_steps"] += steps
-            state["decisions"] += cfg.n_envs
-            bar.update(steps)
             done = terminated | truncated
-            stats.step(reward, done)
-            obs = reset_finished(envs, next_obs, done, seeds)
+            run.advance(int(np.sum(info["env_steps"])), reward, done)
+            state["decisions"] += cfg.n_envs
+            obs = reset_finished(envs, next_obs, done, run.seeds)
 
             if state["env_steps"] >= cfg.warmup_env_steps and len(replay) >= cfg.batch_size:
                 metrics: dict[str, float] = {}
@@ -304,25 +265,9 @@ def train(cfg: DSRLConfig) -> dict:
                 if cfg.algo == "na":
                     for _ in range(cfg.noise_critic_steps):
                         metrics |= distill_noise_critic()
-                stats.add_metrics(metrics)
-
-            state["wall_s"] = time.perf_counter() - t_start
-            if log_due.due(state["env_steps"]):
-                stats.flush(log, bar, **{"train/updates": state["updates"]})
-            finished = state["env_steps"] >= cfg.total_env_steps
-            if eval_due.due(state["env_steps"]) and not finished:
-                evaluate_now(policy, "dsrl")
-            if save_due.due(state["env_steps"]) or finished:
-                save_checkpoint(run_dir, policy, nets, optimizers, buffers, state, rng)
-        summary = {"run_dir": str(run_dir), "checkpoint": str(last_checkpoint(run_dir)), "env_steps": state["env_steps"], "wall_s": state["wall_s"]}
-        if cfg.eval_episodes:
-            summary["success_rate"] = evaluate_now(policy, "dsrl")
-    finally:
-        bar.close()
-        envs.close()
-        evaluate_now.close()
-        log.close()
-    return summary
+                run.add_metrics(metrics)
+            run.checkpoint_and_evaluate(policy, "dsrl", counter="updates")
+        return run.summary(policy, "dsrl")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -36,9 +36,9 @@ class ReplayBuffer:
         self.next = int((self.next + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def sample(self, batch_size: int, rng: np.random.Generator, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         idx = rng.integers(0, self.size, batch_size)
-        return {k: torch.from_numpy(v[idx]) for k, v in self.arrays.items()}
+        return {k: torch.from_numpy(v[idx]).to(device) for k, v in self.arrays.items()}
 
     def save(self, path: Path) -> None:
         tensors = {k: torch.from_numpy(v[: self.size]) for k, v in self.arrays.items()}

@@ -23,7 +23,6 @@ TD3-style learning:
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,30 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import tyro
-from tqdm import tqdm
 
-from core.checkpoint import last_checkpoint, prepare_run_dir
-from core.io import CheckpointError, config_to_dict, read_json
+from core.io import CheckpointError, read_json
 from data.store import EpisodeStore, StoreError
 from envs.make import make_env, make_vector_env
 from policies.residual.config import for_base
 from policies.residual.policy import ResidualPolicy
 from rl.base_actions import BaseActionQueues
-from rl.chunk_env import check_policy_matches_env
-from rl.common import (
-    RESUMABLE_CHANGES,
-    Cadence,
-    EpisodeSeeds,
-    Evaluator,
-    RLRunConfig,
-    RolloutStats,
-    RunLog,
-    adam,
-    load_base,
-    load_checkpoint,
-    reset_finished,
-    save_checkpoint,
-)
+from rl.common import RLRunConfig, adam, reset_finished
+from rl.run import RLRun
 from rl.networks import QEnsemble, soft_update
 from rl.replay import NStepAccumulator, ReplayBuffer
 
@@ -178,10 +162,11 @@ def demo_transitions(policy: ResidualPolicy, store_path: Path, env_name: str, ma
             next_obs = obs_at(min(t + 1, len(episode[cfg.action_key]) - 1))
             next_base, next_features = queues.step(next_obs)
             row = {
-                "obs": features[0].numpy(), "base": policy.normalizer.normalize(cfg.action_key, base_action)[0].numpy(),
-                "action": policy.normalizer.normalize(cfg.action_key, torch.as_tensor(action[None], dtype=torch.float32))[0].numpy(),
-                "next_obs": next_features[0].numpy(), "next_base": policy.normalizer.normalize(cfg.action_key, next_base)[0].numpy(),
+                "obs": features[0], "base": policy.normalizer.normalize(cfg.action_key, base_action)[0],
+                "action": policy.normalizer.normalize(cfg.action_key, torch.as_tensor(action[None], dtype=torch.float32, device=features.device))[0],
+                "next_obs": next_features[0], "next_base": policy.normalizer.normalize(cfg.action_key, next_base)[0],
             }
+            row = {k: v.cpu().numpy() for k, v in row.items()}
             rows += accumulator.push(0, row, float(info["success"]), terminated or (truncated and timeout_is_terminal), done)
             base_action, features = next_base, next_features
             if done:
@@ -193,26 +178,21 @@ def demo_transitions(policy: ResidualPolicy, store_path: Path, env_name: str, ma
 
 
 def train(cfg: ResidualOffPolicyConfig) -> dict:
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    base = load_base(cfg.base)
-    check_policy_matches_env(base.config, cfg.env, f"base {cfg.base}")
-    base.check_ready()
+    run = RLRun(cfg, "residual-offpolicy")
+    base, device, rng = run.base, run.device, run.rng
     dataset = cfg.dataset or base_dataset(cfg.base)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
 
     probe = make_env(cfg.env)
     low, high = probe.action_space.low, probe.action_space.high
     probe.close()
     policy = ResidualPolicy(
         for_base(base, low, high, residual_scale=cfg.residual_scale, hidden_dim=cfg.hidden_dim, n_layers=cfg.n_layers), base
-    )
+    ).to(device)
     pc = policy.config
     obs_dim, act_dim, scale = pc.obs_feature_dim, pc.action_dim, cfg.residual_scale
-    normalize = lambda a: policy.normalizer.normalize(pc.action_key, a)
+    normalize = lambda a: policy.normalizer.normalize(pc.action_key, a)  # noqa: E731
 
-    critic = QEnsemble(obs_dim + 2 * act_dim, cfg.n_critics, cfg.critic_hidden_dim, cfg.critic_layers, True, "relu")
+    critic = QEnsemble(obs_dim + 2 * act_dim, cfg.n_critics, cfg.critic_hidden_dim, cfg.critic_layers, True, "relu").to(device)
     critic_target = copy.deepcopy(critic).requires_grad_(False)
     actor_target = copy.deepcopy(policy.residual).requires_grad_(False)
     nets = {"critic": critic, "critic_target": critic_target, "actor_target": actor_target}
@@ -225,23 +205,13 @@ def train(cfg: ResidualOffPolicyConfig) -> dict:
     demo_buffer.add(**demos)
     print(f"demos: {demo_stats['episodes']} episodes from {dataset}, {demo_stats['replayed_successes']} reach success when replayed, "
           f"{demo_stats['transitions']} {cfg.n_step}-step transitions")
-    run_dir = cfg.resolved_run_dir()  # created only once every input has been checked
-    prepare_run_dir(run_dir, config_to_dict(cfg), cfg.resume, RESUMABLE_CHANGES)
-
-    state = {"env_steps": 0, "updates": 0, "actor_updates": 0, "episodes": 0, "successes": 0, "wall_s": 0.0, "eval_wall_s": 0.0}
-    ckpt = last_checkpoint(run_dir) if cfg.resume else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, policy, nets, optimizers, {"online": replay}, rng, tuple(state))
-        print(f"resumed from {ckpt} at env step {state['env_steps']}")
-    log = RunLog(run_dir, cfg.resume, state["env_steps"])
-    evaluate_now = Evaluator(cfg.env, cfg.eval_episodes, cfg.eval_n_envs, cfg.eval_seed_start, cfg.max_episode_steps, log, state)
     n_demo = round(cfg.batch_size * cfg.demo_fraction)
 
     def sample_batch() -> dict[str, torch.Tensor]:
-        online = replay.sample(cfg.batch_size - n_demo, rng)
+        online = replay.sample(cfg.batch_size - n_demo, rng, device)
         if not n_demo:
             return online
-        demo = demo_buffer.sample(n_demo, rng)
+        demo = demo_buffer.sample(n_demo, rng, device)
         return {k: torch.cat([demo[k], online[k]]) for k in online}
 
     def update_critic() -> dict[str, float]:
@@ -250,7 +220,7 @@ def train(cfg: ResidualOffPolicyConfig) -> dict:
             smoothing = (torch.randn_like(b["next_base"]) * cfg.target_noise_std).clamp(-cfg.target_noise_clip, cfg.target_noise_clip)
             next_delta = (scale * torch.tanh(actor_target(b["next_obs"], b["next_base"])) + smoothing).clamp(-scale, scale)
             next_action = normalize(policy.combine(b["next_base"], next_delta))
-            heads = torch.from_numpy(rng.choice(cfg.n_critics, cfg.n_target_critics, replace=False))
+            heads = torch.from_numpy(rng.choice(cfg.n_critics, cfg.n_target_critics, replace=False)).to(device)
             target = ensemble_target(critic_target(b["next_obs"], b["next_base"], next_action), heads, b["reward"], b["discount"])
         q = critic(b["obs"], b["base"], b["action"])
         loss = F.mse_loss(q, target.expand_as(q)) * cfg.n_critics
@@ -271,42 +241,34 @@ def train(cfg: ResidualOffPolicyConfig) -> dict:
         soft_update(actor_target, policy.residual, cfg.tau)
         return {"actor_loss": loss.item(), "delta_abs_mean": delta.abs().mean().item()}
 
-    t_start = time.perf_counter() - state["wall_s"]
-    if state["env_steps"] == 0 and cfg.eval_base and cfg.eval_episodes:
-        evaluate_now(base, "base")
-
-    envs = make_vector_env(cfg.env, cfg.n_envs, max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success)
-    seeds = EpisodeSeeds(cfg.seed, state)
-    queues = BaseActionQueues(base, cfg.n_envs)
-    accumulator = NStepAccumulator(cfg.n_step, cfg.gamma, cfg.n_envs)
-    obs, _ = envs.reset(seed=seeds.take(cfg.n_envs))
-    base_action, features = queues.step(obs)
-    stats = RolloutStats(cfg.n_envs, state)
-    log_due, eval_due, save_due = Cadence(cfg.log_every, state["env_steps"]), Cadence(cfg.eval_every, state["env_steps"]), Cadence(cfg.save_every, state["env_steps"])
-    bar = tqdm(total=cfg.total_env_steps, initial=state["env_steps"], desc="residual-offpolicy", unit="step", dynamic_ncols=True)
-    try:
-        while state["env_steps"] < cfg.total_env_steps:
+    # the run dir is created only here, once every input (base, env, demos) has been checked
+    with run.open(policy, nets, optimizers, {"online": replay}, counters=("updates", "actor_updates"), log_every=cfg.log_every):
+        state = run.state
+        envs = run.own(make_vector_env(cfg.env, cfg.n_envs, max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success))
+        queues = BaseActionQueues(base, cfg.n_envs)
+        accumulator = NStepAccumulator(cfg.n_step, cfg.gamma, cfg.n_envs)
+        obs, _ = envs.reset(seed=run.seeds.take(cfg.n_envs))
+        base_action, features = queues.step(obs)
+        while not run.finished:
             with torch.no_grad():
                 base_norm = normalize(base_action)
                 delta = torch.zeros_like(base_norm) if state["env_steps"] < cfg.warmup_env_steps else policy.correction(features, base_norm)
                 delta = (delta + torch.randn_like(delta) * cfg.exploration_std).clamp(-scale, scale)
                 action = policy.combine(base_norm, delta)
-            next_obs, _, terminated, truncated, info = envs.step(action.numpy())
+            next_obs, _, terminated, truncated, info = envs.step(action.cpu().numpy())
             reward = np.asarray(info["success"], dtype=np.float32)
             done = terminated | truncated
             next_base_action, next_features = queues.step(next_obs)  # for finished envs: the base's action at the final state
             action_norm, next_base_norm = normalize(action), normalize(next_base_action)
             for i in range(cfg.n_envs):
-                row = {"obs": features[i].numpy(), "base": base_norm[i].numpy(), "action": action_norm[i].numpy(),
-                       "next_obs": next_features[i].numpy(), "next_base": next_base_norm[i].numpy()}
+                row = {"obs": features[i].cpu().numpy(), "base": base_norm[i].cpu().numpy(), "action": action_norm[i].cpu().numpy(),
+                       "next_obs": next_features[i].cpu().numpy(), "next_base": next_base_norm[i].cpu().numpy()}
                 ends_value = bool(terminated[i]) or (bool(truncated[i]) and cfg.timeout_is_terminal)
                 for transition in accumulator.push(i, row, float(reward[i]), ends_value, bool(done[i])):
                     replay.add(**{k: np.asarray(v)[None] for k, v in transition.items()})
-            state["env_steps"] += cfg.n_envs
-            bar.update(cfg.n_envs)
-            stats.step(reward, done)
+            run.advance(cfg.n_envs, reward, done)
             if done.any():
-                next_obs = reset_finished(envs, next_obs, done, seeds)
+                next_obs = reset_finished(envs, next_obs, done, run.seeds)
                 queues.reset(done)
                 fresh_action, fresh_features = queues.step({k: v[done] for k, v in next_obs.items()}, ids=np.flatnonzero(done).tolist())
                 next_base_action[done], next_features[done] = fresh_action, fresh_features
@@ -320,25 +282,9 @@ def train(cfg: ResidualOffPolicyConfig) -> dict:
                     if state["env_steps"] >= cfg.critic_only_env_steps and state["updates"] % cfg.actor_delay == 0:
                         metrics |= update_actor()
                         state["actor_updates"] += 1
-                stats.add_metrics(metrics)
-
-            state["wall_s"] = time.perf_counter() - t_start
-            if log_due.due(state["env_steps"]):
-                stats.flush(log, bar, **{"train/updates": state["updates"]})
-            finished = state["env_steps"] >= cfg.total_env_steps
-            if eval_due.due(state["env_steps"]) and not finished:
-                evaluate_now(policy, "residual-offpolicy")
-            if save_due.due(state["env_steps"]) or finished:
-                save_checkpoint(run_dir, policy, nets, optimizers, {"online": replay}, state, rng)
-        summary = {"run_dir": str(run_dir), "checkpoint": str(last_checkpoint(run_dir)), "env_steps": state["env_steps"], "wall_s": state["wall_s"]}
-        if cfg.eval_episodes:
-            summary["success_rate"] = evaluate_now(policy, "residual-offpolicy")
-    finally:
-        bar.close()
-        envs.close()
-        evaluate_now.close()
-        log.close()
-    return summary
+                run.add_metrics(metrics)
+            run.checkpoint_and_evaluate(policy, "residual-offpolicy", counter="updates")
+        return run.summary(policy, "residual-offpolicy")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -16,37 +16,21 @@ fresh rollout from the saved networks.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import tyro
-from tqdm import tqdm
 
-from core.checkpoint import last_checkpoint, prepare_run_dir
-from core.io import CheckpointError, config_to_dict
+from core.io import CheckpointError
 from envs.make import make_env, make_vector_env
 from policies.mlp import mlp
 from policies.residual.config import for_base
 from policies.residual.policy import ResidualPolicy
 from rl.base_actions import BaseActionQueues
-from rl.chunk_env import check_policy_matches_env
-from rl.common import (
-    RESUMABLE_CHANGES,
-    Cadence,
-    EpisodeSeeds,
-    Evaluator,
-    RLRunConfig,
-    RolloutStats,
-    RunLog,
-    adam,
-    load_base,
-    load_checkpoint,
-    reset_finished,
-    save_checkpoint,
-)
+from rl.common import RLRunConfig, adam, reset_finished
+from rl.run import RLRun
 
 
 @dataclass(frozen=True)
@@ -83,6 +67,15 @@ class ResidualPPOConfig(RLRunConfig):
     """Gradient norm clip."""
     lr: float = 3e-4
     """Adam learning rate."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to 0 over total_env_steps (set at the start of each iteration)."""
+    norm_adv: bool = True
+    """Normalize advantages to zero mean and unit std within each minibatch."""
+    clip_vloss: bool = False
+    """Clip the value update: the loss is the larger of the plain and the clipped (within clip_coef of the
+    rollout's value) squared errors, as in PPO2 / CleanRL."""
+    target_kl: float | None = None
+    """Stop an iteration's update epochs early once the approximate KL to the rollout policy exceeds this."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,6 +84,8 @@ class ResidualPPOConfig(RLRunConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.init_std <= 0:
             raise ValueError(f"init_std must be > 0, got {self.init_std}")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ValueError(f"target_kl must be > 0 (or None: no early stop), got {self.target_kl}")
 
     def method_name(self) -> str:
         return "residual-ppo"
@@ -111,53 +106,33 @@ class ValueAndStd(torch.nn.Module):
 
 
 def train(cfg: ResidualPPOConfig) -> dict:
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    base = load_base(cfg.base)
-    check_policy_matches_env(base.config, cfg.env, f"base {cfg.base}")
-    base.check_ready()
-    run_dir = cfg.resolved_run_dir()
-    prepare_run_dir(run_dir, config_to_dict(cfg), cfg.resume, RESUMABLE_CHANGES)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    run = RLRun(cfg, "residual-ppo")
+    base, device, rng = run.base, run.device, run.rng
 
     probe = make_env(cfg.env)
     low, high = probe.action_space.low, probe.action_space.high
     probe.close()
-    policy = ResidualPolicy(for_base(base, low, high, residual_scale=cfg.residual_scale, hidden_dim=cfg.hidden_dim, n_layers=cfg.n_layers), base)
+    policy = ResidualPolicy(for_base(base, low, high, residual_scale=cfg.residual_scale, hidden_dim=cfg.hidden_dim, n_layers=cfg.n_layers), base).to(device)
     pc = policy.config
     obs_dim, act_dim, scale = pc.obs_feature_dim, pc.action_dim, cfg.residual_scale
-    normalize = lambda a: policy.normalizer.normalize(pc.action_key, a)
-    extra = ValueAndStd(obs_dim + act_dim, act_dim, cfg.hidden_dim, cfg.n_layers, cfg.init_std, cfg.learn_std)
+    normalize = lambda a: policy.normalizer.normalize(pc.action_key, a)  # noqa: E731
+    extra = ValueAndStd(obs_dim + act_dim, act_dim, cfg.hidden_dim, cfg.n_layers, cfg.init_std, cfg.learn_std).to(device)
     params = [*policy.residual.parameters(), *(p for p in extra.parameters() if p.requires_grad)]
     optimizer = adam(params, cfg.lr)
-    nets, optimizers = {"value_and_std": extra}, {"ppo": optimizer}
 
-    state = {"env_steps": 0, "iterations": 0, "episodes": 0, "successes": 0, "wall_s": 0.0, "eval_wall_s": 0.0}
-    ckpt = last_checkpoint(run_dir) if cfg.resume else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, policy, nets, optimizers, {}, rng, tuple(state))
-        print(f"resumed from {ckpt} at env step {state['env_steps']}")
-    log = RunLog(run_dir, cfg.resume, state["env_steps"])
-    evaluate_now = Evaluator(cfg.env, cfg.eval_episodes, cfg.eval_n_envs, cfg.eval_seed_start, cfg.max_episode_steps, log, state)
-
-    t_start = time.perf_counter() - state["wall_s"]
-    if state["env_steps"] == 0 and cfg.eval_base and cfg.eval_episodes:
-        evaluate_now(base, "base")
-
-    envs = make_vector_env(cfg.env, cfg.n_envs, max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success)
-    seeds = EpisodeSeeds(cfg.seed, state)
-    queues = BaseActionQueues(base, cfg.n_envs)
-    obs, _ = envs.reset(seed=seeds.take(cfg.n_envs))
-    base_action, features = queues.step(obs)
-    stats = RolloutStats(cfg.n_envs, state)
-    T, N = cfg.rollout_steps, cfg.n_envs
-    eval_due, save_due = Cadence(cfg.eval_every, state["env_steps"]), Cadence(cfg.save_every, state["env_steps"])
-    bar = tqdm(total=cfg.total_env_steps, initial=state["env_steps"], desc="residual-ppo", unit="step", dynamic_ncols=True)
-    try:
-        while state["env_steps"] < cfg.total_env_steps:
-            buf = {"obs": torch.zeros(T, N, obs_dim), "base": torch.zeros(T, N, act_dim), "raw": torch.zeros(T, N, act_dim),
-                   "log_prob": torch.zeros(T, N), "value": torch.zeros(T, N), "reward": torch.zeros(T, N), "terminal": torch.zeros(T, N)}
+    with run.open(policy, {"value_and_std": extra}, {"ppo": optimizer}, {}, counters=("iterations",), log_every=1):
+        state = run.state
+        envs = run.own(make_vector_env(cfg.env, cfg.n_envs, max_episode_steps=cfg.max_episode_steps, terminate_on_success=cfg.terminate_on_success))
+        queues = BaseActionQueues(base, cfg.n_envs)
+        obs, _ = envs.reset(seed=run.seeds.take(cfg.n_envs))
+        base_action, features = queues.step(obs)
+        T, N = cfg.rollout_steps, cfg.n_envs
+        zeros = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
+        while not run.finished:
+            if cfg.anneal_lr:
+                optimizer.param_groups[0]["lr"] = cfg.lr * max(0.0, 1.0 - state["env_steps"] / cfg.total_env_steps)
+            buf = {"obs": zeros(T, N, obs_dim), "base": zeros(T, N, act_dim), "raw": zeros(T, N, act_dim),
+                   "log_prob": zeros(T, N), "value": zeros(T, N), "reward": zeros(T, N), "terminal": zeros(T, N)}
             for t in range(T):
                 with torch.no_grad():
                     base_norm = normalize(base_action)
@@ -167,30 +142,29 @@ def train(cfg: ResidualPPOConfig) -> dict:
                     action = policy.combine(base_norm, raw.clamp(-scale, scale))
                     buf["value"][t] = extra.v(features, base_norm)
                 buf["obs"][t], buf["base"][t], buf["raw"][t], buf["log_prob"][t] = features, base_norm, raw, dist.log_prob(raw).sum(-1)
-                next_obs, _, terminated, truncated, info = envs.step(action.numpy())
-                reward = torch.as_tensor(np.asarray(info["success"], dtype=np.float32))
+                next_obs, _, terminated, truncated, info = envs.step(action.cpu().numpy())
+                success = np.asarray(info["success"], dtype=np.float32)
+                reward = torch.as_tensor(success, device=device)
                 done = terminated | truncated
                 next_base_action, next_features = queues.step(next_obs)
                 if truncated.any() and not cfg.timeout_is_terminal:  # bootstrap a time-out from the final state's value
                     with torch.no_grad():
                         v_final = extra.v(next_features, normalize(next_base_action))
-                    reward = reward + cfg.gamma * v_final * torch.as_tensor(truncated & ~terminated, dtype=torch.float32)
-                buf["reward"][t], buf["terminal"][t] = reward, torch.as_tensor(done, dtype=torch.float32)
-                stats.step(np.asarray(info["success"], dtype=np.float32), done)
+                    reward = reward + cfg.gamma * v_final * torch.as_tensor(truncated & ~terminated, dtype=torch.float32, device=device)
+                buf["reward"][t], buf["terminal"][t] = reward, torch.as_tensor(done, dtype=torch.float32, device=device)
+                run.advance(N, success, done)
                 if done.any():
-                    next_obs = reset_finished(envs, next_obs, done, seeds)
+                    next_obs = reset_finished(envs, next_obs, done, run.seeds)
                     queues.reset(done)
                     fresh_action, fresh_features = queues.step({k: v[done] for k, v in next_obs.items()}, ids=np.flatnonzero(done).tolist())
                     next_base_action[done], next_features[done] = fresh_action, fresh_features
                 base_action, features = next_base_action, next_features
-                state["env_steps"] += N
-                bar.update(N)
 
             # GAE over the rollout, bootstrapping from the value of the state after it.
             with torch.no_grad():
                 next_value = extra.v(features, normalize(base_action))
-            advantages = torch.zeros(T, N)
-            last = torch.zeros(N)
+            advantages = zeros(T, N)
+            last = zeros(N)
             for t in reversed(range(T)):
                 value_after = next_value if t == T - 1 else buf["value"][t + 1]
                 nonterminal = 1.0 - buf["terminal"][t]
@@ -202,9 +176,10 @@ def train(cfg: ResidualPPOConfig) -> dict:
             flat_adv, flat_ret = advantages.reshape(-1), returns.reshape(-1)
 
             minibatch = T * N // cfg.n_minibatches
-            clip_fracs, approx_kl = [], 0.0
+            clip_fracs, approx_kl, epochs_run = [], 0.0, 0
             for _ in range(cfg.update_epochs):
-                order = torch.from_numpy(rng.permutation(T * N))
+                epochs_run += 1
+                order = torch.from_numpy(rng.permutation(T * N)).to(device)
                 for start in range(0, T * N, minibatch):
                     idx = order[start : start + minibatch]
                     mean = policy.correction(flat["obs"][idx], flat["base"][idx])
@@ -213,9 +188,15 @@ def train(cfg: ResidualPPOConfig) -> dict:
                     log_ratio = log_prob - flat["log_prob"][idx]
                     ratio = log_ratio.exp()
                     adv = flat_adv[idx]
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                    if cfg.norm_adv:
+                        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                     policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-                    value_loss = 0.5 * F.mse_loss(extra.v(flat["obs"][idx], flat["base"][idx]), flat_ret[idx])
+                    value = extra.v(flat["obs"][idx], flat["base"][idx])
+                    if cfg.clip_vloss:
+                        clipped = flat["value"][idx] + (value - flat["value"][idx]).clamp(-cfg.clip_coef, cfg.clip_coef)
+                        value_loss = 0.5 * torch.max((value - flat_ret[idx]) ** 2, (clipped - flat_ret[idx]) ** 2).mean()
+                    else:
+                        value_loss = 0.5 * F.mse_loss(value, flat_ret[idx])
                     entropy = dist.entropy().sum(-1).mean()
                     loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
                     optimizer.zero_grad(set_to_none=True)
@@ -225,25 +206,14 @@ def train(cfg: ResidualPPOConfig) -> dict:
                     with torch.no_grad():
                         approx_kl = ((ratio - 1) - log_ratio).mean().item()
                         clip_fracs.append(((ratio - 1).abs() > cfg.clip_coef).float().mean().item())
+                if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+                    break
             state["iterations"] += 1
-            state["wall_s"] = time.perf_counter() - t_start
-            stats.add_metrics({"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
-                               "approx_kl": approx_kl, "clip_frac": float(np.mean(clip_fracs)), "std_mean": extra.log_std.exp().mean().item()})
-            stats.flush(log, bar, **{"train/iterations": state["iterations"]})
-            finished = state["env_steps"] >= cfg.total_env_steps
-            if eval_due.due(state["env_steps"]) and not finished:
-                evaluate_now(policy, "residual-ppo")
-            if save_due.due(state["env_steps"]) or finished:
-                save_checkpoint(run_dir, policy, nets, optimizers, {}, state, rng)
-        summary = {"run_dir": str(run_dir), "checkpoint": str(last_checkpoint(run_dir)), "env_steps": state["env_steps"], "wall_s": state["wall_s"]}
-        if cfg.eval_episodes:
-            summary["success_rate"] = evaluate_now(policy, "residual-ppo")
-    finally:
-        bar.close()
-        envs.close()
-        evaluate_now.close()
-        log.close()
-    return summary
+            run.add_metrics({"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(), "approx_kl": approx_kl,
+                             "clip_frac": float(np.mean(clip_fracs)), "std_mean": extra.log_std.exp().mean().item(), "epochs": epochs_run,
+                             "lr": optimizer.param_groups[0]["lr"]})
+            run.checkpoint_and_evaluate(policy, "residual-ppo", counter="iterations")
+        return run.summary(policy, "residual-ppo")
 
 
 def main(argv: list[str] | None = None) -> dict:

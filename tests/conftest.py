@@ -44,3 +44,44 @@ def mismatched_dp_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("mismatched") / "base"
     DiffusionPolicy(cfg, normalizer).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def vqbet_tiny_checkpoint(tmp_path_factory, push_demos) -> Path:
+    """A tiny VQ-BeT (2 tokenizer steps, then 2 GPT steps on the push demos), shared by every test that needs one."""
+    import train
+
+    run_dir = tmp_path_factory.mktemp("vqbet_tiny") / "run"
+    train.main(["vqbet-tiny", "--env", "metaworld/push-v3", "--run-dir", str(run_dir), "--dataset", str(push_demos), "--eval-episodes", "0"])
+    return run_dir.resolve()
+
+
+@pytest.fixture(scope="session")
+def residual_checkpoint(tmp_path_factory, tiny_dp_checkpoint) -> Path:
+    """A residual policy on the tiny DP whose correction is not zero (random last layer), saved as RL would save it."""
+    from envs.make import env_properties
+    from policies import DiffusionPolicy, ResidualPolicy
+    from policies.residual.config import for_base
+
+    base = DiffusionPolicy.from_pretrained(tiny_dp_checkpoint)
+    props = env_properties("metaworld/push-v3")
+    policy = ResidualPolicy(for_base(base, props["action_low"], props["action_high"], residual_scale=0.3), base)
+    torch.manual_seed(1)
+    torch.nn.init.normal_(policy.residual.net[-1].weight, std=0.5)
+    path = tmp_path_factory.mktemp("residual") / "ckpt"
+    policy.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dsrl_checkpoint(tmp_path_factory, tiny_dp_checkpoint) -> Path:
+    """A DSRL-steered tiny DP with an untrained (random) noise actor."""
+    from policies import DiffusionPolicy, SteeredPolicy
+    from policies.steered.config import for_base
+
+    base = DiffusionPolicy.from_pretrained(tiny_dp_checkpoint)
+    torch.manual_seed(2)
+    policy = SteeredPolicy(for_base(base, hidden_dim=32, n_layers=2), base)
+    path = tmp_path_factory.mktemp("dsrl") / "ckpt"
+    policy.save_pretrained(path)
+    return path

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import train
+from data.training import load_training_data
 from data.normalize import Normalizer
 from data.sampler import WindowSampler
 from policies import DiffusionConfig, DiffusionPolicy
@@ -15,14 +15,14 @@ TINY = DiffusionConfig(down_dims=(16, 32), n_groups=4, diffusion_step_embed_dim=
 
 
 def tiny_policy(store: Path) -> DiffusionPolicy:
-    _, arrays, cfg = train.load_training_data(store, TINY)
+    _, arrays, cfg = load_training_data(store, TINY)
     torch.manual_seed(0)
     return DiffusionPolicy(cfg, Normalizer.fit(arrays, cfg.normalization_modes()))
 
 
 def global_batch(store: Path, policy: DiffusionPolicy, size: int) -> dict[str, torch.Tensor]:
     """`size` windows drawn the way train.py draws them, plus fixed diffusion noise and timesteps."""
-    st, arrays, cfg = train.load_training_data(store, TINY)
+    st, arrays, cfg = load_training_data(store, TINY)
     sampler = WindowSampler(arrays, st.episode_ends, window_offsets(cfg))
     ids = np.random.default_rng(0).integers(0, len(sampler), size)
     batch = {k: torch.from_numpy(v) for k, v in sampler.sample(ids).items()}

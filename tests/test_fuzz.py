@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tyro
 import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import train
+from policies import training
 from core.io import CheckpointError, config_from_dict, config_to_dict
 from data.sampler import WindowSampler
 from data.store import EpisodeStore, StoreError
@@ -148,17 +149,17 @@ FLAGS = ["--steps", "--batch-size", "--lr", "--policy.horizon", "--policy.down-d
 
 @FUZZ
 @given(args=st.lists(st.one_of(st.sampled_from(FLAGS), st.sampled_from(["0", "-3", "2", "1e-3", "x", "metaworld/push-v3", "nan", "128", "push-v3"])), max_size=6),
-       preset=st.sampled_from(list(train.PRESETS)))
+       preset=st.sampled_from(list(training.PRESETS)))
 def test_train_cli_parsing_fuzz(args, preset):
     """Any argument list: a TrainConfig, or a usage error (tyro exits 2) / a ValueError naming the field."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            cfg = train.tyro.extras.overridable_config_cli(train.PRESETS, args=[preset, *args])
+            cfg = tyro.extras.overridable_config_cli(training.PRESETS, args=[preset, *args])
     except SystemExit as e:
         assert e.code == 2 and err.getvalue()
         return
     except ValueError as e:
         assert str(e)
         return
-    assert isinstance(cfg, train.TrainConfig) and cfg.steps >= 1 and cfg.batch_size >= 1
+    assert isinstance(cfg, training.TrainConfig) and cfg.steps >= 1 and cfg.batch_size >= 1

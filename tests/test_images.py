@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.loader import LazyFrames
+from data.frames import LazyFrames
+from data.training import load_training_data
 from data.store import EpisodeStore, StoreError
-from envs.cameras import upside_down
 from envs.make import make_env
 from policies import DiffusionConfig, VQBeTConfig, make_policy
 from policies.base import Policy
@@ -109,12 +109,11 @@ def test_camera_encoder_shapes_and_crops():
 
 
 def test_vqbet_takes_cameras_and_state(camera_demos):
-    import train
 
     cfg = VQBeTConfig(state_keys=("proprio",), image_keys=("image_corner2", "image_topview"), vision_feature_dim=8, vision_keypoints=4,
                       vq_train_steps=1, vq_latent_dim=8, vq_hidden_dim=16, gpt_layers=1, gpt_heads=2, gpt_dim=16, head_hidden_dim=16,
                       action_chunk_size=4, n_action_steps=4, horizon=8)
-    store, arrays, cfg = train.load_training_data(camera_demos, cfg)
+    store, arrays, cfg = load_training_data(camera_demos, cfg)
     assert isinstance(arrays["image_corner2"], LazyFrames) and cfg.image_shape == (40, 40, 3)
     from data.normalize import Normalizer
     from data.sampler import WindowSampler
@@ -151,16 +150,15 @@ def test_tiny_image_policy_trains_resumes_and_evaluates_on_a_real_env(tmp_path, 
 
 
 def test_bad_image_inputs_fail_clearly(tmp_path, camera_demos):
-    import train
 
     with pytest.raises(StoreError, match=r"policy needs keys \['image_gripperPOV'\]"):
-        train.load_training_data(camera_demos, DiffusionConfig(state_keys=("proprio",), image_keys=("image_gripperPOV",)))
+        load_training_data(camera_demos, DiffusionConfig(state_keys=("proprio",), image_keys=("image_gripperPOV",)))
     with pytest.raises(StoreError, match=r"image key 'proprio' is float32 \(4,\); expected uint8 \(H, W, 3\)"):
-        train.load_training_data(camera_demos, DiffusionConfig(state_keys=("state",), image_keys=("proprio",)))
+        load_training_data(camera_demos, DiffusionConfig(state_keys=("state",), image_keys=("proprio",)))
     with pytest.raises(StoreError, match=r"policy.image_shape=\(84, 84, 3\) but the store has \(40, 40, 3\)"):
-        train.load_training_data(camera_demos, DiffusionConfig(state_keys=("proprio",), image_keys=("image_corner2",), image_shape=(84, 84, 3)))
+        load_training_data(camera_demos, DiffusionConfig(state_keys=("proprio",), image_keys=("image_corner2",), image_shape=(84, 84, 3)))
     with pytest.raises(StoreError, match=r"'image_corner2' has per-step shape \(40, 40, 3\); expected a 1-D vector"):
-        train.load_training_data(camera_demos, DiffusionConfig(state_keys=("image_corner2",)))
+        load_training_data(camera_demos, DiffusionConfig(state_keys=("image_corner2",)))
 
 
 def test_format_1_checkpoints_load_as_state_only_with_the_same_fingerprint(tmp_path, tiny_dp_checkpoint):

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 import train
-from data.loader import ConcatFrames
-from data.store import EpisodeStore
+from data.training import load_datasets
+from policies.training import PRESETS
+from data.frames import ConcatFrames
+from data.store import EpisodeStore, StoreError
 from envs.make import TASK_KEY as ENV_TASK_KEY
 from envs.make import make_env
 from policies.base import Policy
@@ -57,7 +59,7 @@ def test_two_envs_train_a_multitask_policy_that_evaluates_on_each_task(tmp_path,
 
 
 def test_stores_of_one_env_concatenate_without_a_task_key(tmp_path, push_demos):
-    data = train.load_datasets((push_demos, push_demos), train.PRESETS["tiny"][1].policy)
+    data = load_datasets((push_demos, push_demos), PRESETS["tiny"][1].policy)
     one = EpisodeStore.open(push_demos)
     assert data.n_episodes == 2 * one.n_episodes and data.n_steps == 2 * one.n_steps
     assert TASK_KEY not in data.arrays and data.policy_cfg.task_names == ()
@@ -68,8 +70,8 @@ def test_mismatched_stores_are_refused_naming_both(tmp_path, push_demos):
     other = tmp_path / "wide.zarr"
     store = EpisodeStore.create(other, env_id="metaworld/push-v3", fps=80, source="test")
     store.append_episode({"state": np.zeros((5, 12), np.float32), "action": np.zeros((5, 4), np.float32)})
-    with pytest.raises(train.StoreError, match=r"wide.zarr: does not match .*push.zarr: state_dims \(12,\) vs \(39,\)"):
-        train.load_datasets((push_demos, other), train.PRESETS["tiny"][1].policy)
+    with pytest.raises(StoreError, match=r"wide.zarr: does not match .*push.zarr: state_dims \(12,\) vs \(39,\)"):
+        load_datasets((push_demos, other), PRESETS["tiny"][1].policy)
 
 
 def test_concat_frames_reads_across_stores(tmp_path):

@@ -76,14 +76,17 @@ def test_rvq_reconstructs_structured_chunks_after_short_fit():
     assert rvq.used_fraction(codes) > 0.25  # several codes in use, not a collapsed codebook
 
 
-def test_code_usage_is_above_zero_after_phase_1():
+def test_codes_do_not_collapse_in_phase_1():
     policy = make_policy()
     policy.train()
     metrics = {}
     for step in range(3):
         _, metrics = policy(train_batch(seed=step))
     assert policy.tokenizer_ready
-    assert metrics["vq_codes_used_frac"] > 0
+    # more than one code per layer in use: a collapsed codebook (every chunk on one code) scores 1 / vq_codes
+    assert metrics["vq_codes_used_frac"] > 1 / SMALL.vq_codes
+    codes = torch.tensor([[0, 1], [0, 1], [2, 1]])  # layer 0 uses codes {0, 2}, layer 1 uses {1}
+    assert policy.rvq.used_fraction(codes) == (2 + 1) / (2 * SMALL.vq_codes)
     assert not any(p.requires_grad for p in policy.rvq.parameters())  # frozen after phase 1
 
 
@@ -150,13 +153,12 @@ def test_bad_configs_fail_clearly():
         trained_policy().predict_action_chunk({"state": torch.zeros(1, 2, 6)}, noise=torch.zeros(1, 8, 3))
 
 
-def test_tiny_train_resume_across_phase_boundary_and_eval(tmp_path, push_demos):
+def test_tiny_train_resume_across_phase_boundary_and_eval(tmp_path, push_demos, vqbet_tiny_checkpoint):
     """Stop inside phase 1, resume across the boundary; must match an uninterrupted run step for step."""
     def run(run_dir, *extra):
         return train.main(["vqbet-tiny", "--env", "metaworld/push-v3", "--run-dir", str(run_dir), "--dataset", str(push_demos), *extra])
 
-    straight = tmp_path / "straight"
-    run(straight, "--eval-episodes", "0")
+    straight = vqbet_tiny_checkpoint  # the same command run without interruption
     resumed = tmp_path / "resumed"
     run(resumed, "--stop-at", "1")  # phase 1 is 2 steps: stop in the middle of it
     assert not Policy.from_pretrained(resumed / "checkpoints" / "last").tokenizer_ready

@@ -136,11 +136,11 @@ def test_tiny_dsrl_run_updates_saves_resumes_and_evaluates(tmp_path, tiny_dp_che
 
     policy = Policy.from_pretrained(first["checkpoint"])
     assert isinstance(policy, SteeredPolicy)
-    init = SteeredPolicy(policy.config, policy.base)
-    torch.manual_seed(0)
-    init_actor = SteeredPolicy(policy.config, policy.base).actor.state_dict()
-    assert any(not torch.equal(v, init_actor[k]) for k, v in policy.actor.state_dict().items())  # the actor learned
-    assert init.base.fingerprint() == DiffusionPolicy.from_pretrained(tiny_dp_checkpoint).fingerprint()  # base untouched
+    # the same run stopped before its first update (32 env steps < 48 warmup) holds the actor as initialised
+    untrained = Policy.from_pretrained(dsrl(tmp_path / "no_updates", tiny_dp_checkpoint, "--total-env-steps", "32")["checkpoint"])
+    changed = [k for k, v in policy.actor.state_dict().items() if not torch.equal(v, untrained.actor.state_dict()[k])]
+    assert changed, "the actor learned nothing: its weights equal the initial ones"
+    assert policy.base.fingerprint() == DiffusionPolicy.from_pretrained(tiny_dp_checkpoint).fingerprint()  # base untouched
 
     resumed = dsrl(run_dir, tiny_dp_checkpoint, "--total-env-steps", "320", "--save-every", "96", "--resume")
     assert resumed["env_steps"] >= 320
@@ -171,11 +171,9 @@ def test_dsrl_sac_runs(tmp_path, tiny_dp_checkpoint):
 # ---- bad input ------------------------------------------------------------------------------------
 
 
-def test_base_must_be_a_diffusion_policy(tmp_path, push_demos):
-    run = tmp_path / "vqbet"
-    train.main(["vqbet-tiny", "--env", ENV, "--run-dir", str(run), "--dataset", str(push_demos), "--eval-episodes", "0"])
+def test_base_must_be_a_diffusion_policy(tmp_path, vqbet_tiny_checkpoint):
     with pytest.raises(SystemExit, match="holds a vqbet policy; DSRL steers a Diffusion Policy"):
-        dsrl(tmp_path / "rl", run, "--total-env-steps", "32")
+        dsrl(tmp_path / "rl", vqbet_tiny_checkpoint, "--total-env-steps", "32")
     assert not (tmp_path / "rl").exists()  # refused before any rollout or run dir
 
 

@@ -116,10 +116,8 @@ def test_tiny_residual_run_updates_saves_resumes_and_evaluates(tmp_path, tiny_dp
     assert json.loads(out.read_text())["policy_type"] == "residual"
 
 
-def test_residual_on_a_vqbet_base_and_a_different_base_is_refused(tmp_path, push_demos):
-    run = tmp_path / "vqbet"
-    train.main(["vqbet-tiny", "--env", ENV, "--run-dir", str(run), "--dataset", str(push_demos), "--eval-episodes", "0"])
-    summary = residual(tmp_path / "rl", run, "offpolicy", "--total-env-steps", "64", "--eval-episodes", "0")
+def test_residual_on_a_vqbet_base_and_a_different_base_is_refused(tmp_path, vqbet_tiny_checkpoint):
+    summary = residual(tmp_path / "rl", vqbet_tiny_checkpoint, "offpolicy", "--total-env-steps", "64", "--eval-episodes", "0")
     ckpt = Path(summary["checkpoint"])
     assert Policy.from_pretrained(ckpt).base.policy_type == "vqbet"
     weights_path = ckpt / "base" / "model.safetensors"

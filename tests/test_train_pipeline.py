@@ -13,6 +13,7 @@ import pytest
 import zarr
 
 import train
+from policies import training
 from data.store import EpisodeStore, write_store_atomically
 from policies.base import Policy
 
@@ -140,6 +141,6 @@ def test_bad_datasets_fail_with_clear_errors(tmp_path, push_demos):
 
 def test_unknown_env_lists_close_matches():
     with pytest.raises(ValueError, match="Did you mean: push-v3"):
-        train.TrainConfig(env="metaworld/psh-v3")
+        training.TrainConfig(env="metaworld/psh-v3")
     with pytest.raises(ValueError, match="<suite>/<task>"):
-        train.TrainConfig(env="push-v3")
+        training.TrainConfig(env="push-v3")

@@ -98,10 +98,7 @@ class CompiledSampling:
 
 def diffusion_core(policy: Policy) -> DiffusionPolicy | None:
     """The Diffusion Policy that samples for `policy`: itself, or the frozen base of a DSRL/residual wrapper."""
-    if isinstance(policy, DiffusionPolicy):
-        return policy
-    base = getattr(policy, "base", None)
-    return base if isinstance(base, DiffusionPolicy) else None
+    return policy.sampler_core()
 
 
 def compile_sampling(policy: Policy) -> str:

@@ -90,6 +90,9 @@ class DiffusionPolicy(Policy):
     def noise_shape(self, batch_size: int) -> tuple[int, int, int]:
         return (batch_size, self.config.horizon, self.config.action_dim)
 
+    def sampler_core(self) -> DiffusionPolicy:
+        return self
+
     @torch.no_grad()
     def sample_normalized(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Integrate `noise` (B, horizon, action_dim) into a normalized action chunk."""

@@ -11,13 +11,13 @@ Checkpoint layout: policies/wrapped.py (model.safetensors holds the residual MLP
 
 from __future__ import annotations
 
-from collections import deque
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from core.io import CheckpointError
+from core.window import ObsWindow
 from policies.base import Policy
 from policies.mlp import mlp
 from policies.residual.config import ResidualConfig
@@ -41,13 +41,20 @@ class ResidualPolicy(FrozenBasePolicy):
     policy_type: ClassVar[str] = "residual"
     config_class: ClassVar[type] = ResidualConfig
     trained_attr: ClassVar[str] = "residual"
+    acts_per_step: ClassVar[bool] = True
 
     def __init__(self, config: ResidualConfig, base: Policy) -> None:
         super().__init__(config, base)
         self.residual = ResidualActor(config)
         self.register_buffer("action_low", torch.tensor(config.action_low, dtype=torch.float32), persistent=False)
         self.register_buffer("action_high", torch.tensor(config.action_high, dtype=torch.float32), persistent=False)
-        self._history: deque[dict[str, torch.Tensor]] = deque(maxlen=config.n_obs_steps)
+
+    def init_episode_state(self) -> None:
+        super().init_episode_state()
+        self._history: ObsWindow[torch.Tensor] = ObsWindow(self.config.n_obs_steps)
+
+    def action_bounds(self) -> tuple[list[float], list[float]]:
+        return list(self.config.action_low), list(self.config.action_high)
 
     @classmethod
     def check_base(cls, config: ResidualConfig, base: Policy) -> None:
@@ -72,9 +79,8 @@ class ResidualPolicy(FrozenBasePolicy):
 
     def window_features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Track the observation window like `select_action` does and return its features."""
-        obs = {k: obs[k] for k in self.config.state_keys}
-        self._history.extend([obs] * (self.config.n_obs_steps if not self._history else 1))
-        return self.state_features({k: torch.stack([o[k] for o in self._history], dim=1) for k in obs})
+        self._history.push({k: obs[k] for k in self.config.state_keys})
+        return self.state_features(self._history.stacked(lambda steps: torch.stack(steps, dim=1)))
 
     # ---- contract ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -89,7 +95,8 @@ class ResidualPolicy(FrozenBasePolicy):
         """The base's chunk with each action corrected from the given (current) observation window.
 
         Open loop: `select_action` corrects each step from the observation of that step, which is what the
-        residual was trained for. Use this only where one observation per chunk is all there is.
+        residual was trained for and what eval.py and the policy server run (acts_per_step). This chunk is
+        for analysis only.
         """
         chunk = self.base.predict_action_chunk(obs, noise)
         features = self.state_features(obs)

@@ -39,6 +39,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torc
 class VQBeTPolicy(Policy):
     policy_type: ClassVar[str] = "vqbet"
     config_class: ClassVar[type] = VQBeTConfig
+    trains_in_phases: ClassVar[bool] = True
 
     def __init__(self, config: VQBeTConfig, normalizer: Normalizer) -> None:
         super().__init__(config, normalizer)
@@ -68,6 +69,9 @@ class VQBeTPolicy(Policy):
     @property
     def tokenizer_ready(self) -> bool:
         return int(self.vq_steps_done) >= self.config.vq_train_steps
+
+    def finish_training_phases(self) -> None:
+        self.vq_steps_done.fill_(self.config.vq_train_steps)
 
     def check_ready(self) -> None:
         if not self.tokenizer_ready:

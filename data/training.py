@@ -1,0 +1,133 @@
+"""Training data: from store paths to the windows and normalizer a policy trains on.
+
+`load_datasets` opens and validates one or several stores, checks their keys against the policy config, fills
+in its shapes and concatenates them (stores from several envs add the task one-hot: a multi-task policy).
+`training_windows` builds the sampler over them (in RAM, or streaming through a resident set under a RAM cap)
+and the normalizer fitted on them. policies/training.py (train.py) and the benches use these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.frames import ConcatFrames
+from data.normalize import Normalizer
+from data.sampler import WindowSampler
+from data.store import EpisodeStore, StoreError
+from data.stream import StreamingWindows
+from policies.base import window_offsets
+from policies.io_config import TASK_KEY
+
+
+def demo_stores(dataset: tuple[Path, ...], run_dir: Path, env: str, n_demos: int, image_keys: tuple[str, ...], image_size: int, resume: bool) -> tuple[Path, ...]:
+    """The stores to train on: `dataset` when given, else <run_dir>/demos.zarr, collected by the scripted expert
+    (with the cameras the policy's image keys name) if it is not there yet."""
+    if dataset:
+        return tuple(dataset)
+    path = run_dir / "demos.zarr"
+    if not path.exists():
+        from data.collect import CollectConfig, collect
+        from envs.cameras import camera_of
+
+        cameras = tuple(camera_of(k) for k in image_keys)
+        _, report = collect(CollectConfig(env=env, episodes=n_demos, out=path, cameras=cameras, image_size=image_size, resume=resume))
+        print(f"demos: {report.summary()} -> {path}")
+    return (path,)
+
+
+def load_training_data(store_path: Path, policy_cfg: Any, load_vectors: bool = True) -> tuple[EpisodeStore, dict[str, Any], Any]:
+    """Open and validate the store, check its keys against the policy, fill the policy's shapes.
+
+    Returns the store, key -> array (state and action keys in RAM unless `load_vectors` is False; image keys
+    as lazy frame views) and the filled policy config.
+    """
+    store = EpisodeStore.open(store_path)
+    vector_keys = [*policy_cfg.state_keys, policy_cfg.action_key]
+    keys = [*vector_keys, *policy_cfg.image_keys]
+    specs = store.key_specs()
+    missing = [k for k in keys if k not in specs]
+    if missing:
+        raise StoreError(f"{store_path}: policy needs keys {missing}, store has {sorted(specs)}")
+    for key in vector_keys:
+        if len(specs[key].shape) != 1:
+            raise StoreError(f"{store_path}: key {key!r} has per-step shape {specs[key].shape}; expected a 1-D vector (images go in policy.image_keys)")
+    image_shapes = {k: specs[k].shape for k in policy_cfg.image_keys}
+    for key, shape in image_shapes.items():
+        if specs[key].dtype != "uint8" or len(shape) != 3 or shape[2] != 3:
+            raise StoreError(f"{store_path}: image key {key!r} is {specs[key].dtype} {shape}; expected uint8 (H, W, 3) frames")
+    if len(set(image_shapes.values())) > 1:
+        raise StoreError(f"{store_path}: image keys have different shapes {image_shapes}; expected one shared (H, W, 3)")
+    store.check({k: specs[k] for k in keys})
+    state_dims = tuple(specs[k].shape[0] for k in policy_cfg.state_keys)
+    action_dim = specs[policy_cfg.action_key].shape[0]
+    image_shape = next(iter(image_shapes.values()), ())
+    for name, have, want in (("state_dims", policy_cfg.state_dims, state_dims), ("action_dim", policy_cfg.action_dim, action_dim), ("image_shape", policy_cfg.image_shape, image_shape)):
+        if have not in ((), 0, want):
+            raise StoreError(f"{store_path}: policy.{name}={have} but the store has {want} (keys {keys})")
+    policy_cfg = dataclasses.replace(policy_cfg, state_dims=state_dims, action_dim=action_dim, image_shape=image_shape)
+    arrays: dict[str, Any] = (store.load(vector_keys) if load_vectors else {}) | {k: store.frames(k) for k in policy_cfg.image_keys}
+    return store, arrays, policy_cfg
+
+
+@dataclass
+class TrainingData:
+    """One or several stores, concatenated: what the sampler and normalizer see."""
+
+    paths: tuple[Path, ...]
+    env_ids: list[str]
+    episode_ends: np.ndarray
+    arrays: dict[str, Any]
+    policy_cfg: Any
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.episode_ends)
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.episode_ends[-1])
+
+
+def load_datasets(paths: tuple[Path, ...], policy_cfg: Any, load_vectors: bool = True) -> TrainingData:
+    """`load_training_data` for each store, then concatenated. Stores from several envs add the task one-hot."""
+    base_cfg = policy_cfg  # the stores' own keys; the task one-hot is added below
+    if TASK_KEY in policy_cfg.state_keys or policy_cfg.task_names:
+        base_cfg = dataclasses.replace(policy_cfg, state_keys=tuple(k for k in policy_cfg.state_keys if k != TASK_KEY), state_dims=(), task_names=())
+    loaded = [load_training_data(path, base_cfg, load_vectors) for path in paths]
+    filled = loaded[0][2]
+    for path, (_, _, cfg) in zip(paths[1:], loaded[1:]):
+        shapes = [(f, getattr(filled, f), getattr(cfg, f)) for f in ("state_dims", "action_dim", "image_shape") if getattr(filled, f) != getattr(cfg, f)]
+        if shapes:
+            raise StoreError(f"{path}: does not match {paths[0]}: " + "; ".join(f"{f} {b} vs {a}" for f, a, b in shapes))
+    env_ids = [store.attrs["env_id"] for store, _, _ in loaded]
+    lengths = [store.n_steps for store, _, _ in loaded]
+    ends = np.concatenate([store.episode_ends + offset for (store, _, _), offset in zip(loaded, np.cumsum([0] + lengths[:-1]))])
+    if len(loaded) == 1:
+        arrays = loaded[0][1]
+    else:
+        arrays = {k: (np.concatenate([a[k] for _, a, _ in loaded]) if load_vectors else None) for k in loaded[0][1] if k not in filled.image_keys}
+        arrays = {k: v for k, v in arrays.items() if v is not None} | {k: ConcatFrames([a[k] for _, a, _ in loaded]) for k in filled.image_keys}
+    tasks = list(dict.fromkeys(env_ids))
+    if len(tasks) > 1:  # a multi-task policy: the task id is a state key, filled per row from the store's env
+        if not load_vectors:
+            raise StoreError(f"--data-ram-gb streams a single store; got {len(paths)} stores of {tasks}. Merge them into one store first")
+        arrays[TASK_KEY] = np.concatenate([np.tile(np.eye(len(tasks), dtype=np.float32)[tasks.index(env)], (n, 1)) for env, n in zip(env_ids, lengths)])
+        filled = dataclasses.replace(filled, state_keys=(*filled.state_keys, TASK_KEY), state_dims=(*filled.state_dims, len(tasks)), task_names=tuple(tasks))
+    elif len(paths) > 1 and not load_vectors:
+        raise StoreError(f"--data-ram-gb streams a single store; got {len(paths)}. Merge them into one store first")
+    return TrainingData(tuple(paths), env_ids, ends, arrays, filled)
+
+
+def training_windows(data: TrainingData, ram_gb: float | None, seed: int, rotate_every: int) -> tuple[WindowSampler | StreamingWindows, Normalizer]:
+    """The sampler of the policy's windows over `data` and the normalizer fitted on it: everything in RAM, or
+    (with `ram_gb`) whole episodes streaming from the single store through a resident set (data/stream.py)."""
+    cfg = data.policy_cfg
+    if ram_gb is None:
+        return WindowSampler(data.arrays, data.episode_ends, window_offsets(cfg)), Normalizer.fit(data.arrays, cfg.normalization_modes())
+    sampler = StreamingWindows(data.paths[0], [*cfg.state_keys, cfg.action_key], cfg.image_keys, window_offsets(cfg), int(ram_gb * 1e9), seed, rotate_every)
+    return sampler, sampler.fit_normalizer(cfg.normalization_modes())

@@ -10,12 +10,13 @@ Protocol:
 - dp: a diffusion_policy store (zarr format 2; 96x96 uint8 `img` with Blosc zstd one frame per chunk, Blosc lz4
   vectors) of `dp_frames` frames, imported with --map img:image_front.
 - Each import runs in a fresh process (`python -m data.import_...`); frames/s = frames / its wall time; peak RSS =
-  that process's ru_maxrss. Nothing else heavy may run meanwhile.
+  that process's ru_maxrss. The datasets are generated in another child process, so this one stays small (a
+  child's ru_maxrss counts what it inherited at fork). Nothing else heavy may run meanwhile.
 """
 
 from __future__ import annotations
 
-import resource
+import json
 import shutil
 import subprocess
 import sys
@@ -47,31 +48,58 @@ class Args:
     out: Path | None = None
 
 
+# A child's ru_maxrss starts at its parent's RSS at fork (Linux keeps it across exec), and this process has torch
+# loaded. So each import is started by a bare Python launcher, which reports its child's peak RSS.
+LAUNCHER = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+
+
 def timed_import(args: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS MiB) of one import in a fresh process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak < before:
-        raise RuntimeError("peak RSS went down")
-    return wall, peak / 1024
+    out = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-m", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return time.perf_counter() - start, int(out.split()[-1]) / 1024
 
 
-def lerobot_row(args: Args) -> dict:
+def generate(kind: str, src: Path, lengths: list[int]) -> None:
+    """Write the dataset in a child process (see the module docstring), into a partial directory renamed at the end."""
+    subprocess.run([sys.executable, "-m", "bench.import_throughput", "--generate", kind, str(src), json.dumps(lengths)], cwd=ROOT, check=True)
+
+
+def write_dataset(kind: str, src: Path, lengths: list[int]) -> None:
+    import numcodecs
+    import zarr
+    from zarr.storage import LocalStore
+
     sys.path.insert(0, str(ROOT / "tests"))
     from lerobot_layout import synthetic_episodes, write_v3
 
+    partial = src.with_name(src.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    if kind == "lerobot":
+        write_v3(partial, synthetic_episodes(tuple(lengths), size=96, state_dim=6), episodes_per_file=50)
+    else:
+        n = sum(lengths)
+        root = zarr.open_group(LocalStore(partial), mode="w-", zarr_format=2)
+        data = root.create_group("data")
+        img = data.create_array("img", shape=(n, 96, 96, 3), chunks=(1, 96, 96, 3), dtype="uint8", compressors=numcodecs.Blosc("zstd", 3))
+        rng = np.random.default_rng(0)
+        data.create_array("state", shape=(n, 6), chunks=(n, 6), dtype="float32", compressors=numcodecs.Blosc("lz4", 5))[:] = rng.normal(size=(n, 6))
+        data.create_array("action", shape=(n, 2), chunks=(n, 2), dtype="float32", compressors=numcodecs.Blosc("lz4", 5))[:] = rng.normal(size=(n, 2))
+        start = 0
+        for i, length in enumerate(lengths):
+            img[start : start + length] = synthetic_episodes((length,), size=96, seed=i)[0]["frames"]
+            start += length
+        root.create_group("meta").create_array("episode_ends", shape=(len(lengths),), chunks=(len(lengths),), dtype="int64", compressors=None)[:] = np.cumsum(lengths)
+    shutil.rmtree(src, ignore_errors=True)
+    partial.rename(src)
+
+
+def lerobot_row(args: Args) -> dict:
     frames = int(args.ram_factor * args.ram_cap_mb * 2**20 / FRAME_BYTES)
     n_episodes = -(-frames // args.episode_length)
     src = args.work / f"lerobot_v3_{n_episodes}x{args.episode_length}_96px"
     if not (src / "meta" / "info.json").exists():
-        shutil.rmtree(src, ignore_errors=True)
-        partial = src.with_name(src.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        write_v3(partial, synthetic_episodes((args.episode_length,) * n_episodes, size=96, state_dim=6), episodes_per_file=50)
-        partial.rename(src)
+        generate("lerobot", src, [args.episode_length] * n_episodes)
     out = args.work / "lerobot.zarr"
     shutil.rmtree(out, ignore_errors=True)
     wall, peak = timed_import(["data.import_lerobot", str(src), str(out)])
@@ -83,29 +111,10 @@ def lerobot_row(args: Args) -> dict:
 
 
 def dp_row(args: Args) -> dict:
-    import numcodecs
-    import zarr
-    from zarr.storage import LocalStore
-
     src = args.work / f"dp_{args.dp_frames}_96px.zarr"
     lengths = [args.episode_length] * (args.dp_frames // args.episode_length)
     if not (src / "meta").exists():
-        shutil.rmtree(src, ignore_errors=True)
-        root = zarr.open_group(LocalStore(src), mode="w-", zarr_format=2)
-        n = sum(lengths)
-        data = root.create_group("data")
-        img = data.create_array("img", shape=(n, 96, 96, 3), chunks=(1, 96, 96, 3), dtype="uint8", compressors=numcodecs.Blosc("zstd", 3))
-        rng = np.random.default_rng(0)
-        data.create_array("state", shape=(n, 6), chunks=(n, 6), dtype="float32", compressors=numcodecs.Blosc("lz4", 5))[:] = rng.normal(size=(n, 6))
-        data.create_array("action", shape=(n, 2), chunks=(n, 2), dtype="float32", compressors=numcodecs.Blosc("lz4", 5))[:] = rng.normal(size=(n, 2))
-        sys.path.insert(0, str(ROOT / "tests"))
-        from lerobot_layout import synthetic_episodes
-
-        start = 0
-        for i, length in enumerate(lengths):
-            img[start : start + length] = synthetic_episodes((length,), size=96, seed=i)[0]["frames"]
-            start += length
-        root.create_group("meta").create_array("episode_ends", shape=(len(lengths),), chunks=(len(lengths),), dtype="int64", compressors=None)[:] = np.cumsum(lengths)
+        generate("dp", src, lengths)
     out = args.work / "dp.zarr"
     shutil.rmtree(out, ignore_errors=True)
     wall, peak = timed_import(["data.import_dp", str(src), str(out), "--env", "pusht/PushT", "--fps", "10", "--map", "img:image_front"])
@@ -114,6 +123,9 @@ def dp_row(args: Args) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--generate"]:  # child: python -m bench.import_throughput --generate <kind> <src> <lengths json>
+        write_dataset(sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4]))
+        return
     args = tyro.cli(Args)
     require_known(args.parts, PARTS, "parts")
     args.work.mkdir(parents=True, exist_ok=True)

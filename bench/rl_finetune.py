@@ -59,6 +59,8 @@ class Args:
     """Base checkpoint or run dir (default: bench_runs/<task>-<base_policy>-10demos-600steps-seed0, trained when missing)."""
     runs: Path = Path("bench_runs/rl")
     """Where the RL run dirs go."""
+    num_threads: int | None = None
+    """torch threads per RL run (e.g. 1 when several bench processes share the cores)."""
     extra: tuple[str, ...] = ()
     """Extra train.py arguments for every run, e.g. --extra --n-envs 16."""
     out: Path | None = None
@@ -71,7 +73,7 @@ def ensure_base(args: Args) -> Path:
     from bench.metaworld_success import Args as SuccessArgs
     from bench.metaworld_success import run_task
 
-    row = run_task(SuccessArgs(n_demos=10, steps=600, episodes=50), args.base_policy, args.task)
+    row = run_task(SuccessArgs(n_demos=10, diffusion_steps=600, vqbet_steps=600, episodes=50), args.base_policy, args.task)
     return Path(row["run_dir"])
 
 
@@ -84,6 +86,8 @@ def run_one(args: Args, base: Path, method: str, seed: int) -> Path:
         return run_dir
     cmd = [sys.executable, "train.py", *method_args, "--base", str(base), "--env", f"metaworld/{args.task}", "--seed", str(seed),
            "--total-env-steps", str(budget), "--run-dir", str(run_dir), *args.extra]
+    if args.num_threads:
+        cmd += ["--num-threads", str(args.num_threads)]
     if (run_dir / "train_config.json").exists():
         cmd.append("--resume")
     print("running:", " ".join(cmd), flush=True)

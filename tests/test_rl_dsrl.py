@@ -194,3 +194,32 @@ def test_steered_checkpoint_refuses_a_different_base(tmp_path, tiny_dp_checkpoin
     atomic_save_safetensors(weights_path, weights)
     with pytest.raises(CheckpointError, match="does not match .* trained on a different base"):
         Policy.from_pretrained(tmp_path / "steered")
+
+
+def test_exact_bootstrap_run_keeps_a_q_a_target_and_resumes(tmp_path, tiny_dp_checkpoint, capsys):
+    run_dir = tmp_path / "exact"
+    first = dsrl(run_dir, tiny_dp_checkpoint, "--exact-bootstrap", "--total-env-steps", "96", "--save-every", "64", "--eval-episodes", "0")
+    state_dir = Path(first["checkpoint"]) / "train_state"
+    nets = load_safetensors(state_dir / "nets.safetensors")
+    target = {k.split("/", 1)[1]: v for k, v in nets.items() if k.startswith("action_critic_target/")}
+    online = {k.split("/", 1)[1]: v for k, v in nets.items() if k.startswith("action_critic/")}
+    assert target and target.keys() == online.keys()
+    assert any(not torch.equal(target[k], online[k]) for k in target)  # a lagging copy, soft-updated
+    resumed = dsrl(run_dir, tiny_dp_checkpoint, "--exact-bootstrap", "--total-env-steps", "160", "--save-every", "64", "--eval-episodes", "0", "--resume")
+    assert resumed["env_steps"] >= 160
+    with pytest.raises(SystemExit):
+        dsrl(tmp_path / "sac", tiny_dp_checkpoint, "--algo", "sac", "--exact-bootstrap", "--total-env-steps", "32")
+    assert "exact_bootstrap applies to --algo na" in capsys.readouterr().err
+
+
+def test_stored_windows_decode_to_the_executed_chunk(tiny_dp_checkpoint):
+    """What the exact bootstrap decodes from a replay row equals the chunk the base executed from that window."""
+    base = DiffusionPolicy.from_pretrained(tiny_dp_checkpoint)
+    steered = SteeredPolicy(for_base(base, hidden_dim=16, n_layers=1), base)
+    c = steered.config
+    obs = {"state": torch.randn(3, c.n_obs_steps, 39)}
+    features = steered.state_features(obs)
+    window = features.view(3, c.n_obs_steps, -1).split(list(c.state_dims), dim=-1)
+    restored = {k: base.normalizer.unnormalize(k, part) for k, part in zip(c.state_keys, window)}
+    noise = torch.randn(base.noise_shape(3))
+    torch.testing.assert_close(base.predict_action_chunk(restored, noise=noise), base.predict_action_chunk(obs, noise=noise), atol=1e-5, rtol=1e-5)

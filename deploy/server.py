@@ -110,7 +110,6 @@ class PolicyRunner:
         self.config = policy.config
         self.spec = obs_spec(policy)
         self.takes_noise = policy.noise_shape(1) is not None
-        self.per_step = policy.acts_per_step
         self.device = next(policy.parameters()).device
         self._sessions: dict[Any, Policy] = {}
 
@@ -186,7 +185,7 @@ class PolicyRunner:
 
         `sessions` (per-step policies only, one key per window): whose episode state each request continues."""
         seeds = seeds or [None] * len(windows)
-        if self.per_step:
+        if self.policy.acts_per_step:
             if sessions is None or len(sessions) != len(windows):
                 raise ValueError("a per-step policy needs one session key per request")
             return np.stack([self._step(window, seed, key) for window, seed, key in zip(windows, seeds, sessions)])

@@ -96,9 +96,3 @@ def check_policy_matches_env(config: Any, env_name: str, where: str) -> None:
         raise ValueError(f"{where} does not fit {env_name}: " + "; ".join(problems))
 
 
-def to_torch_obs(obs: dict[str, np.ndarray]) -> dict[str, Any]:
-    import torch
-
-    return {k: torch.as_tensor(v, dtype=torch.float32) for k, v in obs.items()}  # state-only (require_state_only)
-
-

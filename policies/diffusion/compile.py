@@ -96,14 +96,9 @@ class CompiledSampling:
         return graph
 
 
-def diffusion_core(policy: Policy) -> DiffusionPolicy | None:
-    """The Diffusion Policy that samples for `policy`: itself, or the frozen base of a DSRL/residual wrapper."""
-    return policy.sampler_core()
-
-
 def compile_sampling(policy: Policy) -> str:
     """Route `policy`'s chunk sampling through TorchScript graphs; returns a one-line description."""
-    core = diffusion_core(policy)
+    core = policy.sampler_core()  # itself, or the diffusion base of a DSRL/residual wrapper
     if core is None:
         return f"eager ({policy.policy_type} policies have no diffusion sampling loop)"
     core.compiled_sampling = CompiledSampling(core)
@@ -123,6 +118,6 @@ def compiled(policy: Policy) -> Iterator[str]:
 
 
 def uncompiled(policy: Policy) -> None:
-    core = diffusion_core(policy)
+    core = policy.sampler_core()
     if core is not None:
         core.compiled_sampling = None

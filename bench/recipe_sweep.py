@@ -33,6 +33,7 @@ RECIPES: dict[str, tuple[dict, dict, tuple[tuple[str, int], ...]]] = {
     "mlp-flow": ({"backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3}, {"steps": 5000, "batch_size": 256}, (("euler", 3), ("euler", 1), ("euler", 10))),
     "mlp-flow-long": ({"backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3}, {"steps": 12000, "batch_size": 256}, (("euler", 3),)),
     "mlp1024-flow": ({"backbone": "mlp", "mlp_hidden_dim": 1024, "mlp_blocks": 4, "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3}, {"steps": 5000, "batch_size": 256}, (("euler", 3),)),
+    "mlp-flow-relative": ({"backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3, "state_keys": ("state", "relative")}, {"steps": 5000, "batch_size": 256}, (("euler", 3),)),
     "transformer-flow": ({"backbone": "transformer", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3}, {"steps": 1500, "batch_size": 128}, (("euler", 3),)),
 }
 DEFAULT_TASKS = ("drawer-open-v3", "basketball-v3", "sweep-into-v3", "pick-place-v3", "assembly-v3", "shelf-place-v3", "stick-pull-v3")

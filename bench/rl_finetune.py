@@ -36,7 +36,8 @@ from envs.rollout import wilson_interval
 
 # Method name -> (train.py arguments before the shared ones, default env-step budget from its issue).
 METHODS: dict[str, tuple[list[str], int]] = {
-    "dsrl-na": (["dsrl", "--algo", "na"], 100_000),
+    "dsrl-na": (["dsrl", "--algo", "na"], 100_000),  # exact Q^A bootstrap (the default since it measured +42)
+    "dsrl-na-distilled": (["dsrl", "--algo", "na", "--exact-bootstrap", "False"], 100_000),  # the DSRL paper's Q^W bootstrap
     "dsrl-sac": (["dsrl", "--algo", "sac"], 100_000),
     "residual-offpolicy": (["residual", "--algo", "offpolicy"], 200_000),
     "residual-ppo": (["residual", "--algo", "ppo"], 200_000),

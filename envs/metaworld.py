@@ -6,8 +6,10 @@ reset with a seed draws a fresh initial state (object and goal positions) from t
 reset space, using only that seed: episode `s` is the same on every machine and in every process.
 This is the goal-observable protocol used by the DP3 paper.
 
-Observation: `{"state": float32 (39,), "proprio": float32 (4,)}` (proprio = hand position and gripper
-opening, the first 4 state entries), plus `image_<camera>` uint8 (H, W, 3) for each of `cameras`.
+Observation: `{"state": float32 (39,), "proprio": float32 (4,), "relative": float32 (12,)}` (proprio = hand
+position and gripper opening, the first 4 state entries; relative = the hand-to-object, hand-to-second-object,
+hand-to-goal and object-to-goal vectors, differences of state entries, as robosuite's object-state provides
+them), plus `image_<camera>` uint8 (H, W, 3) for each of `cameras`.
 Action: float32 (4,) in [-1, 1].
 Success definition: Meta-World's `info["success"]` at any step of the episode.
 """
@@ -25,11 +27,16 @@ from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 from envs.cameras import CameraRenderer, upside_down
 
 SUCCESS_DEFINITION = 'Meta-World info["success"] == 1 at any step of the episode'
+STAGES = ("near_object", "grasp_success")
+"""Meta-World's per-step sub-goal flags, in task order; evaluation records which ones an episode reached
+(`stage/<name>` in the step info) to say where failures stop. For pick-and-place tasks grasp_success means
+the object is lifted with the gripper closed; for others it is the task's own definition."""
 STATE_DIM = 39
 ACTION_DIM = 4
 MAX_EPISODE_STEPS = 500
 FPS = 80  # Meta-World's render_fps metadata
 PROPRIO_DIM = 4
+RELATIVE_DIM = 12
 
 # Expert that ships with Meta-World and never succeeds in v3 (measured: 0/10 and more).
 BROKEN_EXPERTS = {"hand-insert-v3": "its scripted expert in metaworld 3.1 never reaches success"}
@@ -54,6 +61,13 @@ def make_fast_renderable(model: mujoco.MjModel) -> None:
     model.vis.quality.offsamples = 0
     model.mat_reflectance[:] = 0.0
     model.light_castshadow[:] = 0
+
+
+def relative_vectors(state: np.ndarray) -> np.ndarray:
+    """hand->object, hand->second object, hand->goal, object->goal from a (..., 39) Meta-World state
+    (hand 0:3, object 4:7, second object 11:14, goal 36:39); the second object is zeros in one-object tasks."""
+    hand, obj, obj2, goal = state[..., 0:3], state[..., 4:7], state[..., 11:14], state[..., 36:39]
+    return np.concatenate([obj - hand, obj2 - hand, goal - hand, goal - obj], axis=-1).astype(np.float32)
 
 
 class MetaWorldEnv(gym.Env):
@@ -95,6 +109,7 @@ class MetaWorldEnv(gym.Env):
             {
                 "state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
                 "proprio": gym.spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32),
+                "relative": gym.spaces.Box(-np.inf, np.inf, (RELATIVE_DIM,), np.float32),
                 **(self._cameras.spaces() if self._cameras else {}),
             }
         )
@@ -125,11 +140,13 @@ class MetaWorldEnv(gym.Env):
         success = bool(info["success"])
         terminated = success and self.terminate_on_success
         truncated = self._steps >= self.max_episode_steps
-        return self._observation(obs), float(reward), terminated, truncated, {"success": success}
+        stages = {f"stage/{k}": float(info[k]) for k in STAGES if k in info}
+        extra = {"obj_to_target": float(info["obj_to_target"])} if "obj_to_target" in info else {}
+        return self._observation(obs), float(reward), terminated, truncated, {"success": success, **stages, **extra}
 
     def _observation(self, obs: np.ndarray) -> dict[str, np.ndarray]:
         state = obs.astype(np.float32)
-        out = {"state": state, "proprio": state[:PROPRIO_DIM].copy()}
+        out = {"state": state, "proprio": state[:PROPRIO_DIM].copy(), "relative": relative_vectors(state)}
         if self._cameras is not None:
             out |= self._cameras.render(self._env.data)
         return out

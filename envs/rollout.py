@@ -27,6 +27,10 @@ class EpisodeRecord:
     """Steps until success, or until the step limit on failure."""
     init_state: list[float]
     """The env's random reset vector (object and goal positions) drawn from `seed`."""
+    stages_reached: list[str] = field(default_factory=list)
+    """The env's sub-goals (`EvalResult.stages`) this episode reached at some step."""
+    min_obj_to_target: float | None = None
+    """The smallest object-to-goal distance of the episode, where the env reports `obj_to_target`."""
 
 
 @dataclass
@@ -40,16 +44,34 @@ class EvalResult:
     max_episode_steps: int
     episodes: list[EpisodeRecord] = field(default_factory=list)
     videos: list[str] = field(default_factory=list)
+    stages: list[str] = field(default_factory=list)
+    """The sub-goals the env reports, in task order (`env_properties(env)["stages"]`, `stage/<name>` in its
+    step info; e.g. Meta-World's near_object, grasp_success); empty for envs with none."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def failure_stages(self) -> dict[str, int]:
+        """Where the failed episodes stopped: the first sub-goal (in the env's order) each never reached,
+        or "all stages reached" when it reached every one and still failed. Empty when the env reports none."""
+        counts: dict[str, int] = {}
+        for r in self.episodes:
+            if r.success or not self.stages:
+                continue
+            missed = next((name for name in self.stages if name not in r.stages_reached), None)
+            key = f"never {missed}" if missed else "all stages reached"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def summary(self) -> str:
         lo, hi = self.ci95
-        return (
+        text = (
             f"{self.env}: success {self.success_rate:.1%} (95% CI {lo:.1%}-{hi:.1%}) over {self.n_episodes} episodes, "
             f"mean length {self.mean_length:.1f} steps"
         )
+        if stages := self.failure_stages():
+            text += "; failures: " + ", ".join(f"{n} {key}" for key, n in stages.items())
+        return text
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -135,6 +157,8 @@ def evaluate(
             done = np.zeros(n_envs, dtype=bool)
             success = np.zeros(n_envs, dtype=bool)
             length = np.zeros(n_envs, dtype=np.int64)
+            stages = {name: np.zeros(n_envs, dtype=bool) for name in props["stages"]}
+            min_obj_to_target = np.full(n_envs, np.inf)
             record_video = wave_start == 0 and n_videos > 0
             frames: list[list[np.ndarray]] = [[] for _ in range(n_videos)] if record_video else []
             tick = 0
@@ -148,12 +172,20 @@ def evaluate(
                 obs, _, terminated, truncated, info = envs.step(action)
                 length += ~done
                 success |= ~done & np.asarray(info["success"], dtype=bool)
+                for name, reached in stages.items():
+                    reached |= ~done & (np.asarray(info[f"stage/{name}"], dtype=np.float64) > 0.5)
+                if "obj_to_target" in info:
+                    min_obj_to_target = np.where(done, min_obj_to_target, np.minimum(min_obj_to_target, np.asarray(info["obj_to_target"], dtype=np.float64)))
                 newly_done = ~done & (terminated | truncated)
                 done |= newly_done
                 bar.update(int(newly_done[:n_active].sum()))
             controller.end_wave(n_active)
             for i in range(n_active):
-                records.append(EpisodeRecord(seeds[i], bool(success[i]), int(length[i]), init_states[i].tolist()))
+                records.append(EpisodeRecord(
+                    seeds[i], bool(success[i]), int(length[i]), init_states[i].tolist(),
+                    stages_reached=[name for name, reached in stages.items() if reached[i]],
+                    min_obj_to_target=float(min_obj_to_target[i]) if np.isfinite(min_obj_to_target[i]) else None,
+                ))
             if record_video:
                 videos += _write_videos(frames, Path(video_dir), seeds, success, props["fps"])
         bar.close()
@@ -172,6 +204,7 @@ def evaluate(
         max_episode_steps=max_steps,
         episodes=records,
         videos=videos,
+        stages=list(stages),
     )
 
 

@@ -198,17 +198,17 @@ def test_steered_checkpoint_refuses_a_different_base(tmp_path, tiny_dp_checkpoin
 
 def test_exact_bootstrap_run_keeps_a_q_a_target_and_resumes(tmp_path, tiny_dp_checkpoint, capsys):
     run_dir = tmp_path / "exact"
-    first = dsrl(run_dir, tiny_dp_checkpoint, "--exact-bootstrap", "--total-env-steps", "96", "--save-every", "64", "--eval-episodes", "0")
+    first = dsrl(run_dir, tiny_dp_checkpoint, "--exact-bootstrap", "True", "--total-env-steps", "96", "--save-every", "64", "--eval-episodes", "0")
     state_dir = Path(first["checkpoint"]) / "train_state"
     nets = load_safetensors(state_dir / "nets.safetensors")
     target = {k.split("/", 1)[1]: v for k, v in nets.items() if k.startswith("action_critic_target/")}
     online = {k.split("/", 1)[1]: v for k, v in nets.items() if k.startswith("action_critic/")}
     assert target and target.keys() == online.keys()
     assert any(not torch.equal(target[k], online[k]) for k in target)  # a lagging copy, soft-updated
-    resumed = dsrl(run_dir, tiny_dp_checkpoint, "--exact-bootstrap", "--total-env-steps", "160", "--save-every", "64", "--eval-episodes", "0", "--resume")
+    resumed = dsrl(run_dir, tiny_dp_checkpoint, "--exact-bootstrap", "True", "--total-env-steps", "160", "--save-every", "64", "--eval-episodes", "0", "--resume")
     assert resumed["env_steps"] >= 160
     with pytest.raises(SystemExit):
-        dsrl(tmp_path / "sac", tiny_dp_checkpoint, "--algo", "sac", "--exact-bootstrap", "--total-env-steps", "32")
+        dsrl(tmp_path / "sac", tiny_dp_checkpoint, "--algo", "sac", "--exact-bootstrap", "True", "--total-env-steps", "32")
     assert "exact_bootstrap applies to --algo na" in capsys.readouterr().err
 
 

@@ -74,6 +74,8 @@ def test_eval_cli_writes_seeded_json_and_video(tmp_path, push_demos):
     assert result["episodes"][0]["init_state"] != result["episodes"][1]["init_state"]  # own seed, own initial state
     assert {"success_rate", "ci95", "n_episodes", "success_definition"} <= set(result)
     assert len(result["videos"]) == 1 and Path(result["videos"][0]).stat().st_size > 1000
+    assert result["stages"] == ["near_object", "grasp_success"]
+    assert all(set(e["stages_reached"]) <= set(result["stages"]) and e["min_obj_to_target"] > 0 for e in result["episodes"])
 
 
 def test_kill_during_checkpoint_save_keeps_last_complete(tmp_path, push_demos):
@@ -144,3 +146,38 @@ def test_unknown_env_lists_close_matches():
         training.TrainConfig(env="metaworld/psh-v3")
     with pytest.raises(ValueError, match="<suite>/<task>"):
         training.TrainConfig(env="push-v3")
+
+
+def test_metaworld_reports_its_stages_and_eval_counts_where_failures_stop():
+    """The expert's basketball episode reaches every stage the env declares; failure_stages names the first one missed."""
+    from envs.make import env_properties, make_env
+    from envs.metaworld import scripted_expert
+    from envs.rollout import EpisodeRecord, EvalResult
+
+    stages = env_properties("metaworld/basketball-v3")["stages"]
+    assert stages == ("near_object", "grasp_success")
+    env = make_env("metaworld/basketball-v3")
+    env.reset(seed=0)
+    expert = scripted_expert("basketball-v3")
+    reached = dict.fromkeys(stages, False)
+    for _ in range(200):
+        _, _, terminated, _, info = env.step(expert.get_action(env.unwrapped.raw_obs))
+        reached = {s: reached[s] or info[f"stage/{s}"] > 0.5 for s in stages}
+        if terminated or info["success"]:
+            break
+    env.close()
+    assert info["success"] and all(reached.values()) and info["obj_to_target"] < 0.1
+
+    def record(success: bool, *reached: str) -> EpisodeRecord:
+        return EpisodeRecord(0, success, 10, [], stages_reached=list(reached))
+
+    episodes = [
+        record(False),
+        record(False, "near_object"),
+        record(False, "near_object"),
+        record(False, "near_object", "grasp_success"),
+        record(True, "near_object", "grasp_success"),
+    ]
+    result = EvalResult("metaworld/basketball-v3", 5, 0.2, (0.0, 1.0), 10.0, "", 500, episodes, stages=list(stages))
+    assert result.failure_stages() == {"never near_object": 1, "never grasp_success": 2, "all stages reached": 1}
+    assert "failures: 1 never near_object, 2 never grasp_success, 1 all stages reached" in result.summary()

@@ -52,7 +52,10 @@ def load_training_data(store_path: Path, policy_cfg: Any, load_vectors: bool = T
     specs = store.key_specs()
     missing = [k for k in keys if k not in specs]
     if missing:
-        raise StoreError(f"{store_path}: policy needs keys {missing}, store has {sorted(specs)}")
+        hint = ""
+        if "relative" in missing and str(store.attrs.get("env_id", "")).startswith("metaworld/"):
+            hint = " (Meta-World stores recorded before the 'relative' key existed: collect them again, or train on --policy.state-keys state)"
+        raise StoreError(f"{store_path}: policy needs keys {missing}, store has {sorted(specs)}{hint}")
     for key in vector_keys:
         if len(specs[key].shape) != 1:
             raise StoreError(f"{store_path}: key {key!r} has per-step shape {specs[key].shape}; expected a 1-D vector (images go in policy.image_keys)")

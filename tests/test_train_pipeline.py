@@ -181,3 +181,29 @@ def test_metaworld_reports_its_stages_and_eval_counts_where_failures_stop():
     result = EvalResult("metaworld/basketball-v3", 5, 0.2, (0.0, 1.0), 10.0, "", 500, episodes, stages=list(stages))
     assert result.failure_stages() == {"never near_object": 1, "never grasp_success": 2, "all stages reached": 1}
     assert "failures: 1 never near_object, 2 never grasp_success, 1 all stages reached" in result.summary()
+
+
+def test_relative_vectors_train_and_old_stores_get_a_hint(tmp_path, push_demos):
+    """The Meta-World 'relative' key is the hand/object/goal differences of the state; the default preset trains on it."""
+    from envs.make import make_env
+    from envs.metaworld import relative_vectors
+
+    env = make_env("metaworld/push-v3")
+    obs, _ = env.reset(seed=3)
+    env.close()
+    s = obs["state"]
+    np.testing.assert_array_equal(obs["relative"], np.concatenate([s[4:7] - s[0:3], s[11:14] - s[0:3], s[36:39] - s[0:3], s[36:39] - s[4:7]]))
+    np.testing.assert_array_equal(relative_vectors(s[None]), obs["relative"][None])
+    assert training.PRESETS["default"][1].policy.state_keys == ("state", "relative")
+
+    summary = run_train(tmp_path / "rel", push_demos, "--policy.state-keys", "state", "relative", "--steps", "2")
+    policy = Policy.from_pretrained(tmp_path / "rel" / "checkpoints" / "last")
+    assert policy.config.state_keys == ("state", "relative") and policy.config.state_dims == (39, 12)
+    assert summary["eval"]["n_episodes"] == 1  # evaluated in the real env, which supplies both keys
+
+    old = tmp_path / "state_only.zarr"  # a store recorded before the key existed
+    src = EpisodeStore.open(push_demos)
+    episodes = [{k: v for k, v in src.get_episode(i).items() if k != "relative"} for i in range(src.n_episodes)]
+    write_store_atomically(old, episodes, env_id="metaworld/push-v3", fps=80, source="test")
+    with pytest.raises(SystemExit, match="collect them again, or train on --policy.state-keys state"):
+        run_train(tmp_path / "old", old, "--policy.state-keys", "state", "relative")

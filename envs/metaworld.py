@@ -140,9 +140,9 @@ class MetaWorldEnv(gym.Env):
         success = bool(info["success"])
         terminated = success and self.terminate_on_success
         truncated = self._steps >= self.max_episode_steps
-        stages = {f"stage/{k}": float(info[k]) for k in STAGES if k in info}
-        extra = {"obj_to_target": float(info["obj_to_target"])} if "obj_to_target" in info else {}
-        return self._observation(obs), float(reward), terminated, truncated, {"success": success, **stages, **extra}
+        stages = {f"stage/{k}": float(info[k]) for k in STAGES}  # every v3 task reports them
+        step_info = {"success": success, **stages, "obj_to_target": float(info["obj_to_target"])}
+        return self._observation(obs), float(reward), terminated, truncated, step_info
 
     def _observation(self, obs: np.ndarray) -> dict[str, np.ndarray]:
         state = obs.astype(np.float32)

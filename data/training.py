@@ -9,6 +9,7 @@ and the normalizer fitted on them. policies/training.py (train.py) and the bench
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 from data.frames import ConcatFrames
 from data.normalize import Normalizer
 from data.sampler import WindowSampler
-from data.store import EpisodeStore, StoreError
+from data.store import EpisodeStore, KeySpec, StoreError
 from data.stream import StreamingWindows
 from policies.base import window_offsets
 from policies.io_config import TASK_KEY
@@ -40,6 +41,21 @@ def demo_stores(dataset: tuple[Path, ...], run_dir: Path, env: str, n_demos: int
     return (path,)
 
 
+def derivable_keys(store: EpisodeStore, keys: list[str] | tuple[str, ...]) -> dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]:
+    """Those of `keys` the store lacks but its env derives from a stored key (envs.make.derived_keys):
+    key -> (source key, function). E.g. Meta-World's `relative` vectors for stores recorded before they existed."""
+    from envs.make import derived_keys
+
+    specs = store.key_specs()
+    known = derived_keys(str(store.attrs.get("env_id", "")))
+    return {k: known[k] for k in keys if k not in specs and k in known and known[k][0] in specs}
+
+
+def with_derived(arrays: dict[str, np.ndarray], derived: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]) -> dict[str, np.ndarray]:
+    """`arrays` plus the derived keys, computed from their sources in `arrays`."""
+    return arrays | {k: derive(arrays[source]).astype(np.float32) for k, (source, derive) in derived.items()}
+
+
 def load_training_data(store_path: Path, policy_cfg: Any, load_vectors: bool = True) -> tuple[EpisodeStore, dict[str, Any], Any]:
     """Open and validate the store, check its keys against the policy, fill the policy's shapes.
 
@@ -50,12 +66,16 @@ def load_training_data(store_path: Path, policy_cfg: Any, load_vectors: bool = T
     vector_keys = [*policy_cfg.state_keys, policy_cfg.action_key]
     keys = [*vector_keys, *policy_cfg.image_keys]
     specs = store.key_specs()
-    missing = [k for k in keys if k not in specs]
+    derived = derivable_keys(store, keys)
+    missing = [k for k in keys if k not in specs and k not in derived]
     if missing:
-        hint = ""
-        if "relative" in missing and str(store.attrs.get("env_id", "")).startswith("metaworld/"):
-            hint = " (Meta-World stores recorded before the 'relative' key existed: collect them again, or train on --policy.state-keys state)"
-        raise StoreError(f"{store_path}: policy needs keys {missing}, store has {sorted(specs)}{hint}")
+        raise StoreError(f"{store_path}: policy needs keys {missing}, store has {sorted(specs)}")
+    if derived and not load_vectors:
+        raise StoreError(f"{store_path}: keys {sorted(derived)} are not stored; training derives them from {sorted({s for s, _ in derived.values()})} "
+                         "in RAM, but streaming (--data-ram-gb) reads stored keys only. Train without --data-ram-gb or collect the demos again")
+    stored = [k for k in keys if k not in derived]
+    store.check({k: specs[k] for k in stored})
+    specs |= {k: KeySpec(derive(np.zeros((1, *specs[source].shape), specs[source].dtype)).shape[1:], "float32") for k, (source, derive) in derived.items()}
     for key in vector_keys:
         if len(specs[key].shape) != 1:
             raise StoreError(f"{store_path}: key {key!r} has per-step shape {specs[key].shape}; expected a 1-D vector (images go in policy.image_keys)")
@@ -65,7 +85,6 @@ def load_training_data(store_path: Path, policy_cfg: Any, load_vectors: bool = T
             raise StoreError(f"{store_path}: image key {key!r} is {specs[key].dtype} {shape}; expected uint8 (H, W, 3) frames")
     if len(set(image_shapes.values())) > 1:
         raise StoreError(f"{store_path}: image keys have different shapes {image_shapes}; expected one shared (H, W, 3)")
-    store.check({k: specs[k] for k in keys})
     state_dims = tuple(specs[k].shape[0] for k in policy_cfg.state_keys)
     action_dim = specs[policy_cfg.action_key].shape[0]
     image_shape = next(iter(image_shapes.values()), ())
@@ -73,7 +92,8 @@ def load_training_data(store_path: Path, policy_cfg: Any, load_vectors: bool = T
         if have not in ((), 0, want):
             raise StoreError(f"{store_path}: policy.{name}={have} but the store has {want} (keys {keys})")
     policy_cfg = dataclasses.replace(policy_cfg, state_dims=state_dims, action_dim=action_dim, image_shape=image_shape)
-    arrays: dict[str, Any] = (store.load(vector_keys) if load_vectors else {}) | {k: store.frames(k) for k in policy_cfg.image_keys}
+    vectors = with_derived(store.load(list(dict.fromkeys([k for k in vector_keys if k not in derived] + [s for s, _ in derived.values()]))), derived) if load_vectors else {}
+    arrays: dict[str, Any] = {k: vectors[k] for k in vectors if k in vector_keys} | {k: store.frames(k) for k in policy_cfg.image_keys}
     return store, arrays, policy_cfg
 
 

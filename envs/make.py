@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -84,6 +84,17 @@ def env_properties(name: str) -> dict[str, Any]:
             "action_low": [-1.0] * 7, "action_high": [1.0] * 7, "stages": (),
         }
     raise AssertionError(suite)
+
+
+def derived_keys(name: str) -> dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]:
+    """Observation keys of env `name` that are functions of one other key: key -> (source key, function on
+    (..., dim) arrays). Training uses them to fill keys a store was recorded without (a key added to the env
+    later). Empty for suites without such keys and for env ids that are not ours (imported stores)."""
+    if name.partition("/")[0] == "metaworld":
+        from envs import metaworld
+
+        return {key: ("state", derive) for key, derive in metaworld.DERIVED_KEYS.items()}
+    return {}
 
 
 def policy_env_kwargs(config: Any) -> dict[str, Any]:

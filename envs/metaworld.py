@@ -17,6 +17,7 @@ Success definition: Meta-World's `info["success"]` at any step of the episode.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -68,6 +69,16 @@ def relative_vectors(state: np.ndarray) -> np.ndarray:
     (hand 0:3, object 4:7, second object 11:14, goal 36:39); the second object is zeros in one-object tasks."""
     hand, obj, obj2, goal = state[..., 0:3], state[..., 4:7], state[..., 11:14], state[..., 36:39]
     return np.concatenate([obj - hand, obj2 - hand, goal - hand, goal - obj], axis=-1).astype(np.float32)
+
+
+def proprio_of(state: np.ndarray) -> np.ndarray:
+    """Hand position and gripper opening: the first PROPRIO_DIM entries of a (..., 39) state."""
+    return state[..., :PROPRIO_DIM].copy()
+
+
+DERIVED_KEYS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"proprio": proprio_of, "relative": relative_vectors}
+"""Observation keys that are functions of `state` alone. The env computes them every step; training derives
+them for stores recorded without them (envs.make.derived_keys)."""
 
 
 class MetaWorldEnv(gym.Env):
@@ -146,7 +157,7 @@ class MetaWorldEnv(gym.Env):
 
     def _observation(self, obs: np.ndarray) -> dict[str, np.ndarray]:
         state = obs.astype(np.float32)
-        out = {"state": state, "proprio": state[:PROPRIO_DIM].copy(), "relative": relative_vectors(state)}
+        out = {"state": state} | {key: derive(state) for key, derive in DERIVED_KEYS.items()}
         if self._cameras is not None:
             out |= self._cameras.render(self._env.data)
         return out

@@ -33,6 +33,7 @@ import tyro
 
 from core.io import CheckpointError, read_json
 from data.store import EpisodeStore, StoreError
+from data.training import derivable_keys, with_derived
 from envs.make import make_env, make_vector_env
 from policies.residual.config import for_base
 from policies.residual.policy import ResidualPolicy
@@ -142,10 +143,11 @@ def demo_transitions(policy: ResidualPolicy, store_path: Path, env_name: str, ma
     env = make_env(env_name, max_episode_steps=max_episode_steps, terminate_on_success=True)
     queues = BaseActionQueues(policy.base, 1)
     accumulator = NStepAccumulator(n_step, gamma, 1)
+    derived = derivable_keys(store, cfg.state_keys)  # keys the env added after these demos were recorded
     rows: list[dict] = []
     stats = {"episodes": store.n_episodes, "replayed_successes": 0, "transitions": 0}
     for episode_index in range(store.n_episodes):
-        episode = store.get_episode(episode_index)
+        episode = with_derived(store.get_episode(episode_index), derived)
         env.reset(seed=int(seeds[episode_index]))
         queues.reset()
         steps = min(len(episode[cfg.action_key]), max_episode_steps)

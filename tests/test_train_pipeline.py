@@ -183,8 +183,9 @@ def test_metaworld_reports_its_stages_and_eval_counts_where_failures_stop():
     assert "failures: 1 never near_object, 2 never grasp_success, 1 all stages reached" in result.summary()
 
 
-def test_relative_vectors_train_and_old_stores_get_a_hint(tmp_path, push_demos):
-    """The Meta-World 'relative' key is the hand/object/goal differences of the state; the default preset trains on it."""
+def test_relative_vectors_train_and_old_stores_derive_them(tmp_path, push_demos):
+    """The Meta-World 'relative' key is the hand/object/goal differences of the state; the default preset trains on
+    it, and stores recorded before it existed train on it too, derived from their 'state'."""
     from envs.make import make_env
     from envs.metaworld import relative_vectors
 
@@ -205,5 +206,9 @@ def test_relative_vectors_train_and_old_stores_get_a_hint(tmp_path, push_demos):
     src = EpisodeStore.open(push_demos)
     episodes = [{k: v for k, v in src.get_episode(i).items() if k != "relative"} for i in range(src.n_episodes)]
     write_store_atomically(old, episodes, env_id="metaworld/push-v3", fps=80, source="test")
-    with pytest.raises(SystemExit, match="collect them again, or train on --policy.state-keys state"):
-        run_train(tmp_path / "old", old, "--policy.state-keys", "state", "relative")
+    run_train(tmp_path / "old", old, "--policy.state-keys", "state", "relative", "--steps", "2", "--eval-episodes", "0")
+    assert losses(tmp_path / "old") == losses(tmp_path / "rel")  # derived from 'state' = what the env recorded
+    with pytest.raises(SystemExit, match=r"keys \['relative'\] are not stored; training derives them from \['state'\] in RAM, but streaming"):
+        run_train(tmp_path / "stream", old, "--policy.state-keys", "state", "relative", "--data-ram-gb", "1")
+    with pytest.raises(SystemExit, match=r"policy needs keys \['bogus'\], store has \['action', 'proprio', 'state'\]"):
+        run_train(tmp_path / "bogus", old, "--policy.state-keys", "state", "bogus")

@@ -85,8 +85,7 @@ def run_row(args: Args, name: str) -> dict:
         policy = DiffusionConfig(state_keys=("proprio",), image_keys=(f"image_{camera}",), **IMAGE_RECIPES[args.image_recipe])
         steps, batch, recipe = args.image_steps, args.image_batch, args.image_recipe
     else:
-        # the default recipe on robosuite's own state (its object-state already holds the relative vectors)
-        policy, steps, batch, recipe = dataclasses.replace(preset.policy, state_keys=("state",)), preset.steps, preset.batch_size, "default preset"
+        policy, steps, batch, recipe = preset.policy, preset.steps, preset.batch_size, "default preset"  # on robosuite's state
     run_dir = args.runs / f"{name}-{args.image_recipe + '-' if camera else ''}{args.n_demos}demos-{steps}steps-b{batch}"
     cfg = dataclasses.replace(
         preset, env=env, dataset=(demos,), policy=policy, steps=steps, batch_size=batch, eval_episodes=0,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from policies.training import PRESETS
+from policies.training import PRESETS, with_env_state_keys
 from bench.common import evaluate_checkpoint, print_table, train_measured, write_results
 from core.io import config_to_dict
 
@@ -72,7 +72,7 @@ def run_task(args: Args, policy: str, task: str) -> dict:
         from data.collect import CollectConfig, collect
 
         collect(CollectConfig(env=f"metaworld/{task}", episodes=args.n_demos, out=demos))
-    base = PRESETS[PRESET_FOR_POLICY[policy]][1]
+    base = with_env_state_keys(dataclasses.replace(PRESETS[PRESET_FOR_POLICY[policy]][1], env=f"metaworld/{task}"))
     steps = (args.diffusion_steps if policy == "diffusion" else args.vqbet_steps) or base.steps
     # the preset's hash in the name: a run of an older preset is never reused for a newer one
     recipe = hashlib.sha256(json.dumps([config_to_dict(base.policy), base.batch_size, base.lr], sort_keys=True).encode()).hexdigest()[:8]

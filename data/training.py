@@ -22,7 +22,7 @@ from data.sampler import WindowSampler
 from data.store import EpisodeStore, KeySpec, StoreError
 from data.stream import StreamingWindows
 from policies.base import window_offsets
-from policies.io_config import TASK_KEY
+from policies.io_config import ENV_STATE_KEY, TASK_KEY
 
 
 def demo_stores(dataset: tuple[Path, ...], run_dir: Path, env: str, n_demos: int, image_keys: tuple[str, ...], image_size: int, resume: bool) -> tuple[Path, ...]:
@@ -62,6 +62,8 @@ def load_training_data(store_path: Path, policy_cfg: Any, load_vectors: bool = T
     Returns the store, key -> array (state and action keys in RAM unless `load_vectors` is False; image keys
     as lazy frame views) and the filled policy config.
     """
+    if ENV_STATE_KEY in policy_cfg.state_keys:
+        raise ValueError(f"state_keys {policy_cfg.state_keys}: the {ENV_STATE_KEY!r} placeholder must be resolved for an env first (policies.training.with_env_state_keys)")
     store = EpisodeStore.open(store_path)
     vector_keys = [*policy_cfg.state_keys, policy_cfg.action_key]
     keys = [*vector_keys, *policy_cfg.image_keys]

@@ -67,21 +67,22 @@ class TaskOneHot(gym.ObservationWrapper):
 
 def env_properties(name: str) -> dict[str, Any]:
     """Static facts about an env: fps, episode limit, how success is defined, action bounds (tests check them
-    against the env), and the sub-goals it reports as `stage/<name>` in its step info, in task order."""
+    against the env), the sub-goals it reports as `stage/<name>` in its step info, in task order, and the state
+    keys state policies read by default (what the "env" state key stands for)."""
     suite, task = split_env_name(name)
     if suite == "metaworld":
         from envs import metaworld
 
         return {
             "fps": metaworld.FPS, "max_episode_steps": metaworld.MAX_EPISODE_STEPS, "success_definition": metaworld.SUCCESS_DEFINITION,
-            "action_low": [-1.0] * 4, "action_high": [1.0] * 4, "stages": metaworld.STAGES,
+            "action_low": [-1.0] * 4, "action_high": [1.0] * 4, "stages": metaworld.STAGES, "state_keys": metaworld.POLICY_STATE_KEYS,
         }
     if suite == "robosuite":
         from envs import robosuite
 
         return {
             "fps": robosuite.FPS, "max_episode_steps": robosuite.MAX_EPISODE_STEPS[task], "success_definition": robosuite.SUCCESS_DEFINITION,
-            "action_low": [-1.0] * 7, "action_high": [1.0] * 7, "stages": (),
+            "action_low": [-1.0] * 7, "action_high": [1.0] * 7, "stages": (), "state_keys": robosuite.POLICY_STATE_KEYS,
         }
     raise AssertionError(suite)
 

@@ -33,6 +33,9 @@ MAX_EPISODE_STEPS = {"Lift": 200, "PickPlaceCan": 400}
 ACTION_DIM = 7
 PROPRIO_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 PROPRIO_DIM = 9
+POLICY_STATE_KEYS = ("state",)
+"""What state policies read by default (the "env" state key): proprio plus the object state, which already holds
+the object-to-gripper vectors."""
 
 
 def check_task(task: str) -> str:

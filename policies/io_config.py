@@ -6,12 +6,17 @@ from dataclasses import dataclass
 
 TASK_KEY = "task"
 """State key of the task one-hot in multi-task stores and observations."""
+ENV_STATE_KEY = "env"
+"""Placeholder in `state_keys` for the env's recommended state keys (envs.make.env_properties: Meta-World's state
+plus relative vectors, robosuite's state). train.py replaces it before it reads any data, so a checkpoint always
+names its real keys; the state presets use it so that one preset fits every suite."""
 
 
 @dataclass(frozen=True)
 class PolicyIOConfig:
     state_keys: tuple[str, ...] = ("state",)
-    """Low-dim observation keys in the store, concatenated per step in this order."""
+    """Low-dim observation keys in the store, concatenated per step in this order ("env": the env's recommended
+    keys, resolved by train.py)."""
     state_dims: tuple[int, ...] = ()
     """Feature size of each state key, same order as `state_keys` (train.py fills it from the store)."""
     action_key: str = "action"

@@ -47,7 +47,7 @@ from core.io import (
 )
 from data.stream import limit_malloc_arenas
 from data.training import demo_stores, load_datasets, training_windows
-from envs.make import split_env_name
+from envs.make import env_properties, split_env_name
 from policies import (
     DiffusionConfig,
     PolicyConfig,
@@ -56,7 +56,7 @@ from policies import (
     policy_class_for_config,
 )
 from policies.base import WEIGHTS_FILE, Policy, load_state_dict_strict
-from policies.io_config import TASK_KEY
+from policies.io_config import ENV_STATE_KEY, TASK_KEY
 
 
 @dataclass(frozen=True)
@@ -149,16 +149,24 @@ SMOKE = dict(n_demos=2, steps=4, batch_size=8, log_every=1, save_every=2, warmup
 # trains about 8x faster per step and answers a chunk in about 1 ms at batch 1 on 2 CPU threads.
 FAST_DP = DiffusionConfig(backbone="mlp", objective="flow", inference_scheduler="euler", num_inference_steps=3)
 
-# Meta-World observation keys of the state presets: the 39-D state plus its hand/object/goal difference vectors
-# (envs/metaworld.py). With 10 demos the relative vectors lifted basketball from 26% to 68% and shelf-place from
-# 30% to 68% (bench/results/recipe_sweep_relative_pilot.json). robosuite's object-state already holds such
-# vectors: pass `--policy.state-keys state` there.
-METAWORLD_STATE_KEYS = ("state", "relative")
+# The state presets read the env's recommended keys (the "env" state key, resolved by `with_env_state_keys`):
+# on Meta-World the 39-D state plus its hand/object/goal difference vectors, on robosuite its state.
+ENV_KEYS = (ENV_STATE_KEY,)
+
+
+def with_env_state_keys(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the "env" state key replaced by the env's recommended keys (envs.make.env_properties)."""
+    if ENV_STATE_KEY not in cfg.policy.state_keys:
+        return cfg
+    env_keys = env_properties(cfg.env)["state_keys"]
+    keys = tuple(dict.fromkeys(k for key in cfg.policy.state_keys for k in (env_keys if key == ENV_STATE_KEY else (key,))))
+    return replace(cfg, policy=replace(cfg.policy, state_keys=keys))
+
 
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "default": (
-        "Meta-World button-press-topdown-v3, 50 scripted demos, state Diffusion Policy (state + relative vectors; MLP denoiser, flow matching, 3 Euler steps), 5000 steps, 50-episode eval.",
-        TrainConfig(policy=replace(FAST_DP, state_keys=METAWORLD_STATE_KEYS), steps=5000, batch_size=256),
+        "Meta-World button-press-topdown-v3, 50 scripted demos, state Diffusion Policy (the env's state keys: on Meta-World state + relative vectors; MLP denoiser, flow matching, 3 Euler steps), 5000 steps, 50-episode eval.",
+        TrainConfig(policy=replace(FAST_DP, state_keys=ENV_KEYS), steps=5000, batch_size=256),
     ),
     "unet": (
         "The Diffusion Policy paper's recipe: 1-D UNet (64,128,256), DDPM training, DDIM-10 sampling, 2000 steps at batch 128 (the default before the recipe sweep).",
@@ -171,7 +179,10 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
             policy=replace(FAST_DP, mlp_hidden_dim=32, mlp_blocks=2, diffusion_step_embed_dim=16, horizon=8, n_action_steps=4),
         ),
     ),
-    "vqbet": ("Meta-World button-press-topdown-v3, 50 scripted demos, state VQ-BeT (250 tokenizer steps, then the GPT), 50-episode eval.", TrainConfig(policy=VQBeTConfig())),
+    "vqbet": (
+        "Meta-World button-press-topdown-v3, 50 scripted demos, state VQ-BeT (state + relative vectors; 250 tokenizer steps, then the GPT), 50-episode eval.",
+        TrainConfig(policy=VQBeTConfig(state_keys=ENV_KEYS)),
+    ),
     "vqbet-tiny": (
         "Seconds-long VQ-BeT smoke run: 2 tokenizer steps, then 2 GPT steps.",
         TrainConfig(
@@ -260,6 +271,7 @@ def load_checkpoint(ckpt: Path, policy: Policy, ema: EMA, optimizer, lr_schedule
 
 def train(cfg: TrainConfig) -> dict:
     """Train (and evaluate) one run. Under torchrun: DDP over all ranks; rank 0 alone writes and evaluates."""
+    cfg = with_env_state_keys(cfg)  # before the run dir: train_config.json and the checkpoints name the real keys
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     dist_info, device_name = init_distributed(cfg.device)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -195,11 +196,18 @@ def test_relative_vectors_train_and_old_stores_derive_them(tmp_path, push_demos)
     s = obs["state"]
     np.testing.assert_array_equal(obs["relative"], np.concatenate([s[4:7] - s[0:3], s[11:14] - s[0:3], s[36:39] - s[0:3], s[36:39] - s[4:7]]))
     np.testing.assert_array_equal(relative_vectors(s[None]), obs["relative"][None])
-    assert training.PRESETS["default"][1].policy.state_keys == ("state", "relative")
+    # the state presets read the env's recommended keys: resolved per env before any data is read
+    for preset in ("default", "vqbet"):
+        cfg = training.PRESETS[preset][1]
+        assert cfg.policy.state_keys == ("env",)
+        assert training.with_env_state_keys(replace(cfg, env="metaworld/push-v3")).policy.state_keys == ("state", "relative")
+        assert training.with_env_state_keys(replace(cfg, env="robosuite/Lift")).policy.state_keys == ("state",)
+    assert training.with_env_state_keys(replace(cfg, policy=replace(cfg.policy, state_keys=("env", "proprio")))).policy.state_keys == ("state", "relative", "proprio")
 
-    summary = run_train(tmp_path / "rel", push_demos, "--policy.state-keys", "state", "relative", "--steps", "2")
+    summary = run_train(tmp_path / "rel", push_demos, "--policy.state-keys", "env", "--steps", "2")
     policy = Policy.from_pretrained(tmp_path / "rel" / "checkpoints" / "last")
     assert policy.config.state_keys == ("state", "relative") and policy.config.state_dims == (39, 12)
+    assert json.loads((tmp_path / "rel" / "train_config.json").read_text())["policy"]["state_keys"] == ["state", "relative"]
     assert summary["eval"]["n_episodes"] == 1  # evaluated in the real env, which supplies both keys
 
     old = tmp_path / "state_only.zarr"  # a store recorded before the key existed

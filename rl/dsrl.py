@@ -40,14 +40,13 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-import tyro
 
 from core.io import CheckpointError
 from policies.steered.config import for_base
 from policies.steered.policy import SteeredPolicy
 from rl.chunk_env import make_chunked_vector_env
 from rl.common import RLRunConfig, adam, reset_finished
-from rl.run import RLRun
+from rl.run import RLRun, run_cli
 from rl.networks import QEnsemble, soft_update
 from rl.replay import ReplayBuffer
 
@@ -299,11 +298,7 @@ def train(cfg: DSRLConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = tyro.cli(DSRLConfig, args=argv, prog="train.py dsrl")
-    try:
-        return train(cfg)
-    except (CheckpointError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    return run_cli(DSRLConfig, train, "train.py dsrl", argv)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import tyro
 
-from core.io import CheckpointError, read_json
+from core.io import read_json
 from data.store import EpisodeStore, StoreError
 from data.training import derivable_keys, with_derived
 from envs.make import make_env, make_vector_env
@@ -39,7 +38,7 @@ from policies.residual.config import for_base
 from policies.residual.policy import ResidualPolicy
 from rl.base_actions import BaseActionQueues
 from rl.common import RLRunConfig, adam, reset_finished
-from rl.run import RLRun
+from rl.run import RLRun, run_cli
 from rl.networks import QEnsemble, soft_update
 from rl.replay import NStepAccumulator, ReplayBuffer
 
@@ -290,11 +289,7 @@ def train(cfg: ResidualOffPolicyConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = tyro.cli(ResidualOffPolicyConfig, args=argv, prog="train.py residual --algo offpolicy")
-    try:
-        return train(cfg)
-    except (CheckpointError, StoreError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    return run_cli(ResidualOffPolicyConfig, train, "train.py residual --algo offpolicy", argv)
 
 
 if __name__ == "__main__":

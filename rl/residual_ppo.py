@@ -21,16 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-import tyro
 
-from core.io import CheckpointError
 from envs.make import make_env, make_vector_env
 from policies.mlp import mlp
 from policies.residual.config import for_base
 from policies.residual.policy import ResidualPolicy
 from rl.base_actions import BaseActionQueues
 from rl.common import RLRunConfig, adam, reset_finished
-from rl.run import RLRun
+from rl.run import RLRun, run_cli
 
 
 @dataclass(frozen=True)
@@ -217,11 +215,7 @@ def train(cfg: ResidualPPOConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = tyro.cli(ResidualPPOConfig, args=argv, prog="train.py residual --algo ppo")
-    try:
-        return train(cfg)
-    except (CheckpointError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    return run_cli(ResidualPPOConfig, train, "train.py residual --algo ppo", argv)
 
 
 if __name__ == "__main__":

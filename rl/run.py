@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+import tyro
 from tqdm import tqdm
 
 from core.checkpoint import last_checkpoint, prepare_run_dir
-from core.io import config_to_dict
+from core.io import CheckpointError, config_to_dict
 from policies.base import Policy
 from rl.chunk_env import check_policy_matches_env
 from rl.common import (
@@ -137,3 +139,13 @@ class RLRun:
     def to_device(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Env observations (state-only) as float32 tensors on the run's device."""
         return {k: torch.as_tensor(v, dtype=torch.float32, device=self.device) for k, v in obs.items()}
+
+
+def run_cli(config_cls: type, train: Callable[[Any], dict], prog: str, argv: list[str] | None) -> dict:
+    """Parse `config_cls` from the command line and run `train`; bad input (a bad base, store or option)
+    exits with one clear line instead of a traceback."""
+    cfg = tyro.cli(config_cls, args=argv, prog=prog)
+    try:
+        return train(cfg)
+    except (CheckpointError, ValueError) as e:  # StoreError is a ValueError
+        raise SystemExit(f"error: {e}") from None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -62,8 +63,8 @@ class Args:
     """Where the RL run dirs go."""
     num_threads: int | None = None
     """torch threads per RL run (e.g. 1 when several bench processes share the cores)."""
-    extra: tuple[str, ...] = ()
-    """Extra train.py arguments for every run, e.g. --extra --n-envs 16."""
+    extra: str = ""
+    """Extra train.py arguments for every run, as one shell-quoted string: --extra='--residual-scale 0.3 --utd 2'."""
     out: Path | None = None
     """JSON output; the plot goes next to it as .png."""
 
@@ -86,7 +87,7 @@ def run_one(args: Args, base: Path, method: str, seed: int) -> Path:
     if finished(run_dir, budget):
         return run_dir
     cmd = [sys.executable, "train.py", *method_args, "--base", str(base), "--env", f"metaworld/{args.task}", "--seed", str(seed),
-           "--total-env-steps", str(budget), "--run-dir", str(run_dir), *args.extra]
+           "--total-env-steps", str(budget), "--run-dir", str(run_dir), *shlex.split(args.extra)]
     if args.num_threads:
         cmd += ["--num-threads", str(args.num_threads)]
     if (run_dir / "train_config.json").exists():
@@ -195,7 +196,7 @@ def main() -> None:
         args.out, "rl_finetune",
         f"metaworld/{args.task}; base {base}; env steps run {({a['method']: a['env_steps'] for a in aggregates})}; eval: 50 episodes "
         "(seeds 100000+), 100-step limit, success = Meta-World info['success'] at any step; band = pooled Wilson 95% CI over seeds",
-        all_rows, aggregates=aggregates, curves=curves, extra_args=list(args.extra),
+        all_rows, aggregates=aggregates, curves=curves, extra_args=shlex.split(args.extra),
     )
 
 

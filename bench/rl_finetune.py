@@ -7,7 +7,9 @@
 
 Protocol:
 - Base: a state Diffusion Policy trained on 10 scripted demos for 600 steps with the `default` preset
-  (the bench.metaworld_success recipe; built here when missing). On sweep-into-v3 it succeeds about 30%.
+  (the bench.metaworld_success recipe; built here when missing). The README's runs pass `--base` with the
+  54% base built before the preset read Meta-World's relative vectors; check that a new default base is
+  still weak (10-60%) on the task before using it.
 - Each method runs `train.py <method args> --base <base>` with its defaults: 100-step episodes, sparse success
   reward, terminate on success; evaluation of the finetuned policy every `eval_every` env steps on 50
   seeded episodes (seeds 100000..100049, disjoint from the training seeds), 100-step limit, success =

@@ -94,8 +94,11 @@ def load_training_data(store_path: Path, policy_cfg: Any, load_vectors: bool = T
         if have not in ((), 0, want):
             raise StoreError(f"{store_path}: policy.{name}={have} but the store has {want} (keys {keys})")
     policy_cfg = dataclasses.replace(policy_cfg, state_dims=state_dims, action_dim=action_dim, image_shape=image_shape)
-    vectors = with_derived(store.load(list(dict.fromkeys([k for k in vector_keys if k not in derived] + [s for s, _ in derived.values()]))), derived) if load_vectors else {}
-    arrays: dict[str, Any] = {k: vectors[k] for k in vectors if k in vector_keys} | {k: store.frames(k) for k in policy_cfg.image_keys}
+    vectors: dict[str, Any] = {}
+    if load_vectors:  # the stored vector keys plus the sources of the derived ones, then the derived ones
+        to_read = dict.fromkeys([*(k for k in vector_keys if k not in derived), *(source for source, _ in derived.values())])
+        vectors = with_derived(store.load(list(to_read)), derived)
+    arrays: dict[str, Any] = {k: vectors[k] for k in vector_keys if k in vectors} | {k: store.frames(k) for k in policy_cfg.image_keys}
     return store, arrays, policy_cfg
 
 

@@ -51,7 +51,8 @@ class ResidualOffPolicyConfig(RLRunConfig):
     """Budget in env steps."""
     residual_scale: float = 0.3
     """Largest correction per dimension, in normalized action units. At 0.1 the corrections sat at the bound
-    (mean |delta| 0.093) and success plateaued at +14 points on sweep-into; 0.3 gave +39 at 40k env steps (README)."""
+    (mean |delta| 0.093) and success plateaued near +15 points on sweep-into; 0.3 gave +39 at 80k env steps,
+    3 seeds (README, docs/rl.md)."""
     hidden_dim: int = 256
     """Width of the residual actor MLP."""
     n_layers: int = 2

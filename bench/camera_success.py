@@ -42,6 +42,9 @@ ROWS: dict[str, tuple[str, str | None]] = {
 IMAGE_RECIPES: dict[str, dict] = {
     "resnet-unet": {},
     "conv-mlp-flow": {"vision_encoder": "conv", "backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3},
+    # level-2 minibatching: each encoded window is paired with 4 noised action samples (run with --image-batch 16
+    # for the same 64 denoiser samples per step as conv-mlp-flow at batch 64, a quarter of the encoder work)
+    "conv-mlp-flow-level2": {"vision_encoder": "conv", "backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3, "level2_samples": 4},
 }
 
 

@@ -42,6 +42,12 @@ VARIANTS: dict[str, tuple[DiffusionConfig, str, str]] = {
     "mlp-flow-euler10": (replace(STATE, backbone="mlp", **FLOW, num_inference_steps=10), "mlp-flow", "euler-10"),
     # the default preset's inputs on Meta-World: state plus the 12-D relative vectors
     "mlp-flow-euler3-relative": (replace(STATE, state_keys=("state", "relative"), state_dims=(39, 12), backbone="mlp", **FLOW, num_inference_steps=3), "mlp-flow-relative", "euler-3"),
+    "unet-flow-euler3-relative": (replace(STATE, state_keys=("state", "relative"), state_dims=(39, 12), **FLOW, num_inference_steps=3), "unet-flow-relative", "euler-3"),
+    "transformer-flow-euler3-relative": (replace(STATE, state_keys=("state", "relative"), state_dims=(39, 12), backbone="transformer", **FLOW, num_inference_steps=3), "transformer-flow-relative", "euler-3"),
+    "transformer128x4-flow-euler3-relative": (
+        replace(STATE, state_keys=("state", "relative"), state_dims=(39, 12), backbone="transformer", transformer_dim=128, transformer_layers=4, **FLOW, num_inference_steps=3),
+        "transformer128x4-flow-relative", "euler-3",
+    ),
     "mlp1024-flow-euler3": (replace(STATE, backbone="mlp", mlp_hidden_dim=1024, mlp_blocks=4, **FLOW, num_inference_steps=3), "mlp1024-flow", "euler-3"),
     "transformer-flow-euler3": (replace(STATE, backbone="transformer", **FLOW, num_inference_steps=3), "transformer-flow", "euler-3"),
     "image-unet-ddpm-ddim10": (IMAGE, "", ""),

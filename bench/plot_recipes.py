@@ -1,6 +1,8 @@
 """Plots for docs/policies.md: mean success against training CPU-minutes, and against chunk latency.
 
     python -m bench.plot_recipes --sweep bench/results/recipe_sweep.json --latency bench/results/latency.json --out-dir docs/img
+    python -m bench.plot_recipes --sweep bench/results/recipe_sweep_backbones.json --latency bench/results/latency_backbones.json \
+        --reference bench/results/metaworld_success_relative.json --prefix backbones
 
 Reads the JSON of bench.recipe_sweep (success, train_cpu_minutes per recipe x sampler x task) and of
 bench.latency (batch-1 chunk p50 per variant, compiled mode where measured). Needs matplotlib (`.[bench]`).
@@ -22,6 +24,12 @@ class Args:
     sweep: Path = Path("bench/results/recipe_sweep.json")
     latency: Path = Path("bench/results/latency.json")
     out_dir: Path = Path("docs/img")
+    reference: Path | None = None
+    """A bench.metaworld_success JSON whose diffusion rows (the `default` preset) are drawn as one more point, on the sweep's tasks."""
+    reference_recipe: str = "mlp-flow-relative"
+    """The recipe name (bench.recipe_sweep.RECIPES) that the reference preset trains, to join its latency row."""
+    prefix: str = "recipes"
+    """File names: <prefix>_success_vs_cpu.png and <prefix>_success_vs_latency.png."""
 
 
 def main() -> None:
@@ -38,6 +46,9 @@ def main() -> None:
     for r in rows:
         by[(r["recipe"], r["sampler"])].append(r)
     tasks = sorted({r["task"] for r in rows})
+    if args.reference is not None:  # the default preset = this recipe with Euler-3, trained by bench.metaworld_success
+        ref = [r for r in json.loads(args.reference.read_text())["results"] if r["policy"] == "diffusion" and r["task"] in tasks]
+        by[(args.reference_recipe, "euler-3")] = [r | {"recipe": args.reference_recipe, "sampler": "euler-3"} for r in ref]
     latency = {}
     if args.latency.exists():
         for r in json.loads(args.latency.read_text())["results"]:
@@ -46,7 +57,7 @@ def main() -> None:
                 if r["mode"] == "compiled" or key not in latency:
                     latency[key] = r["value"]
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for xname, xlabel, fname in (("cpu", "training CPU-minutes per task (mean)", "recipes_success_vs_cpu.png"), ("latency", "chunk latency, batch 1, p50 (ms, log)", "recipes_success_vs_latency.png")):
+    for xname, xlabel, fname in (("cpu", "training CPU-minutes per task (mean)", f"{args.prefix}_success_vs_cpu.png"), ("latency", "chunk latency, batch 1, p50 (ms, log)", f"{args.prefix}_success_vs_latency.png")):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         for (recipe, sampler), sel in sorted(by.items()):
             if {r["task"] for r in sel} != set(tasks):

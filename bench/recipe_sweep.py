@@ -35,6 +35,10 @@ RECIPES: dict[str, tuple[dict, dict, tuple[tuple[str, int], ...]]] = {
     "mlp1024-flow": ({"backbone": "mlp", "mlp_hidden_dim": 1024, "mlp_blocks": 4, "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3}, {"steps": 5000, "batch_size": 256}, (("euler", 3),)),
     "mlp-flow-relative": ({"backbone": "mlp", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3, "state_keys": ("state", "relative")}, {"steps": 5000, "batch_size": 256}, (("euler", 3),)),
     "transformer-flow": ({"backbone": "transformer", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3}, {"steps": 1500, "batch_size": 128}, (("euler", 3),)),
+    # Backbones at the default's CPU budget (~5 training CPU-min per task), on the default's state + relative input:
+    "unet-flow-relative": ({"backbone": "unet", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3, "state_keys": ("state", "relative")}, {"steps": 1300, "batch_size": 128}, (("euler", 3),)),
+    "transformer-flow-relative": ({"backbone": "transformer", "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3, "state_keys": ("state", "relative")}, {"steps": 300, "batch_size": 128}, (("euler", 3),)),
+    "transformer128x4-flow-relative": ({"backbone": "transformer", "transformer_dim": 128, "transformer_layers": 4, "objective": "flow", "inference_scheduler": "euler", "num_inference_steps": 3, "state_keys": ("state", "relative")}, {"steps": 1300, "batch_size": 128}, (("euler", 3),)),
 }
 DEFAULT_TASKS = ("drawer-open-v3", "basketball-v3", "sweep-into-v3", "pick-place-v3", "assembly-v3", "shelf-place-v3", "stick-pull-v3")
 

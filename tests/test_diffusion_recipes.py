@@ -223,3 +223,20 @@ def test_stochastic_sampler_stays_eager():
     assert compile_sampling(policy) == "eager (sampler 'ddpm' is stochastic)"
     obs, noise, _ = fixed_inputs()
     assert policy.predict_action_chunk(obs, noise=noise).shape == (2, 8, 3)
+
+
+def test_every_bench_recipe_is_a_valid_config():
+    """The sweep benches name configs by string; a bad field or value must fail here, not an hour into a sweep."""
+    from bench.camera_success import IMAGE_RECIPES
+    from bench.latency import VARIANTS
+    from bench.recipe_sweep import RECIPES
+
+    for name, (policy_kw, train_kw, samplers) in RECIPES.items():
+        cfg = replace(DiffusionConfig(), **policy_kw)
+        assert set(train_kw) <= {"steps", "batch_size"}, name
+        for sampler, steps in samplers:
+            assert sampler in SAMPLERS_FOR_OBJECTIVE[cfg.objective], (name, sampler)
+            replace(cfg, inference_scheduler=sampler, num_inference_steps=steps)
+    for name, overrides in IMAGE_RECIPES.items():
+        DiffusionConfig(state_keys=("proprio",), image_keys=("image_agentview",), **overrides)
+    assert {recipe for _, recipe, _ in VARIANTS.values() if recipe} <= set(RECIPES)

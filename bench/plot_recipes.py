@@ -40,6 +40,7 @@ def main() -> None:
         raise SystemExit("error: the plots need matplotlib: pip install -e '.[bench]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     rows = json.loads(args.sweep.read_text())["results"]
     by: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -70,6 +71,9 @@ def main() -> None:
             ax.annotate(f"{recipe} {sampler}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if xname == "latency":
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"mean success over {len(tasks)} Meta-World tasks (%)")
         ax.set_title("10 demos/task, 50 seeded episodes per task", fontsize=9)

@@ -17,9 +17,21 @@ IMAGE_KEY_PREFIX = "image_"
 
 
 def ensure_gl_backend() -> None:
-    """Headless rendering needs EGL (or OSMesa); pick EGL unless the user chose."""
+    """Headless rendering needs EGL (or OSMesa): pick EGL unless the user chose (`envs/__init__.py` does it too)."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+
+def check_gl_backend() -> None:
+    """MuJoCo reads MUJOCO_GL once, at its first import: if that came before `envs`, say so instead of failing
+    inside mjr_makeContext with an OpenGL message."""
+    ensure_gl_backend()
+    imported_with = getattr(getattr(mujoco, "gl_context", None), "_MUJOCO_GL", None)
+    if imported_with is not None and imported_with != os.environ["MUJOCO_GL"].lower().strip():
+        raise RuntimeError(
+            f"mujoco was imported with MUJOCO_GL={imported_with!r} before MUJOCO_GL={os.environ['MUJOCO_GL']!r} was set; "
+            "set MUJOCO_GL=egl (or osmesa) in the environment before starting Python to render offscreen"
+        )
 
 
 def image_key(camera: str) -> str:
@@ -58,7 +70,7 @@ class CameraRenderer:
     """Renders the named cameras of (model, data) at one size, every image right side up."""
 
     def __init__(self, model: mujoco.MjModel, cameras: tuple[str, ...], size: int, env_name: str) -> None:
-        ensure_gl_backend()
+        check_gl_backend()
         check_cameras(model, cameras, env_name)
         if size < 8:
             raise ValueError(f"image size {size} is too small; use e.g. 84 or 96")

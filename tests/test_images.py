@@ -178,3 +178,19 @@ def test_format_1_checkpoints_load_as_state_only_with_the_same_fingerprint(tmp_p
     (old / "config.json").write_text(json.dumps(payload))
     with pytest.raises(Exception, match="format_version 7, this code reads 1 to 5"):
         Policy.from_pretrained(old)
+
+
+def test_rendering_picks_egl_when_unset_and_names_a_late_mujoco_import() -> None:
+    """Without MUJOCO_GL, importing `envs` first renders headless; importing mujoco first gets a clear error."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    make = "e = make_env('metaworld/button-press-topdown-v3', cameras=('corner2',), image_size=32); o, _ = e.reset(seed=0); print(o['image_corner2'].shape)"
+    ok = subprocess.run([sys.executable, "-c", f"from envs.make import make_env; {make}"], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1])
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "(32, 32, 3)" in ok.stdout
+    late = subprocess.run([sys.executable, "-c", f"import mujoco; from envs.make import make_env; {make}"], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1])
+    assert late.returncode != 0
+    assert "mujoco was imported with MUJOCO_GL=''" in late.stderr and "set MUJOCO_GL=egl" in late.stderr

@@ -176,3 +176,22 @@ def test_tiny_train_resume_across_phase_boundary_and_eval(tmp_path, push_demos, 
 def test_action_dim_mismatch_with_store_fails(tmp_path, push_demos):
     with pytest.raises(SystemExit, match=r"policy.action_dim=7 but the store has 4"):
         train.main(["vqbet-tiny", "--env", "metaworld/push-v3", "--run-dir", str(tmp_path / "r"), "--dataset", str(push_demos), "--policy.action-dim", "7"])
+
+
+def test_inference_bench_varies_only_inference_options_and_refuses_other_policies(vqbet_tiny_checkpoint, tiny_dp_checkpoint, tmp_path) -> None:
+    """bench/vqbet_inference.py evaluates the checkpoint once per variant in the run's env, rejects unknown
+    variants and refuses a Diffusion Policy run."""
+    import json
+
+    from bench import vqbet_inference
+
+    out = tmp_path / "knobs.json"
+    payload = vqbet_inference.main(["--runs", str(vqbet_tiny_checkpoint), "--variants", "as trained", "temperature 0", "--episodes", "2", "--num-threads", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert rows == payload["results"]
+    assert [r["variant"] for r in rows] == ["as trained", "temperature 0"]
+    assert all(r["n"] == 2 and 0.0 <= r["success_rate"] <= 1.0 and r["env"] == "metaworld/push-v3" for r in rows)
+    with pytest.raises(SystemExit, match="unknown variants"):
+        vqbet_inference.main(["--runs", str(vqbet_tiny_checkpoint), "--variants", "argmax"])
+    with pytest.raises(SystemExit, match="holds a diffusion checkpoint"):
+        vqbet_inference.main(["--runs", str(tiny_dp_checkpoint.parents[1]), "--variants", "as trained", "--episodes", "1"])

@@ -10,9 +10,10 @@ Protocol:
   (the bench.metaworld_success recipe; built here when missing). The README's runs pass `--base` with the
   54% base built before the preset read Meta-World's relative vectors; check that a new default base is
   still weak (10-60%) on the task before using it.
-- Each method runs `train.py <method args> --base <base>` with its defaults: 100-step episodes, sparse success
-  reward, terminate on success; evaluation of the finetuned policy every `eval_every` env steps on 50
-  seeded episodes (seeds 100000..100049, disjoint from the training seeds), 100-step limit, success =
+- Each method runs `train.py <method args> --base <base>` with its defaults: episode limit from the base's
+  demos (1.25 x the longest, at least 100; rl/common.py `episode_limit`), sparse success reward, terminate on
+  success; evaluation of the finetuned policy every `eval_every` env steps on 50 seeded episodes (seeds
+  100000..100049, disjoint from the training seeds), under the same limit, success =
   Meta-World info["success"] at any step. The first point of each curve is the unsteered base.
 - Curves: mean over seeds; the band is the Wilson 95% interval of the episodes pooled over seeds at that
   point (the base's point is the same 50 episodes in every run and counts once). Lift = final success -
@@ -121,7 +122,7 @@ def summarize(method: str, runs: dict[int, Path]) -> tuple[list[dict], dict, dic
         base, final = log[0]["success_rate"], log[-1]["success_rate"]
         rows.append({
             "method": method, "seed": seed, "base_success": base, "final_success": final, "lift_points": round(100 * (final - base), 1),
-            "best_success": max(r["success_rate"] for r in log[1:]), "env_steps": state["env_steps"],
+            "best_success": max(r["success_rate"] for r in log[1:]), "env_steps": state["env_steps"], "max_episode_steps": log[-1]["max_episode_steps"],
             "wall_min": round(state["wall_s"] / 60, 1), "eval_wall_min": round(state["eval_wall_s"] / 60, 1), "run_dir": str(run_dir),
         })
         curves.append(log)
@@ -197,7 +198,7 @@ def main() -> None:
     write_results(
         args.out, "rl_finetune",
         f"metaworld/{args.task}; base {base}; env steps run {({a['method']: a['env_steps'] for a in aggregates})}; eval: 50 episodes "
-        "(seeds 100000+), 100-step limit, success = Meta-World info['success'] at any step; band = pooled Wilson 95% CI over seeds",
+        f"(seeds 100000+), {sorted({r['max_episode_steps'] for r in all_rows})}-step limit, success = Meta-World info['success'] at any step; band = pooled Wilson 95% CI over seeds",
         all_rows, aggregates=aggregates, curves=curves, extra_args=shlex.split(args.extra),
     )
 

@@ -4,6 +4,7 @@ periodic evaluation, resetting finished envs with recorded seeds, and checkpoint
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -47,8 +48,10 @@ class RLRunConfig:
     """Budget in env steps (never decisions or chunks)."""
     n_envs: int = 8
     """Parallel training envs (spawned subprocesses)."""
-    max_episode_steps: int = 100
-    """Step limit of training and evaluation episodes."""
+    max_episode_steps: int | None = None
+    """Step limit of training and evaluation episodes. Default: a quarter more than the longest demo the base was
+    trained on, at least 100 steps and at most the env's own limit (`episode_limit`); the resolved number is
+    printed and saved in the run's train_config.json."""
     terminate_on_success: bool = True
     """End a training episode at its first success (sparse reward 1 there); otherwise reward 1 at every success step."""
     timeout_is_terminal: bool = True
@@ -82,7 +85,7 @@ class RLRunConfig:
     def __post_init__(self) -> None:
         split_env_name(self.env)
         for name in ("total_env_steps", "n_envs", "max_episode_steps", "save_every", "eval_n_envs"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def method_name(self) -> str:
@@ -98,6 +101,34 @@ RESUMABLE_CHANGES = {"resume", "total_env_steps", "eval_every", "eval_episodes",
 # Training episode k of an RL run with seed s starts from env seed TRAIN_SEED_BASE * (s + 1) + k,
 # far from the evaluation seeds (100000+) and the demo seeds (0+).
 TRAIN_SEED_BASE = 1_000_000
+
+
+# The shortest default episode limit: a base that solves a task in 60 steps still gets room to recover.
+MIN_EPISODE_LIMIT = 100
+
+
+def base_datasets(base_path: Path) -> list[Path]:
+    """The stores the base was trained on, from its run's train_config.json; [] when no run dir is found."""
+    for run_dir in (base_path, base_path.parent.parent, base_path.resolve().parent.parent):
+        config = run_dir / "train_config.json"
+        if config.is_file():
+            dataset = read_json(config).get("dataset") or [run_dir / "demos.zarr"]
+            return [Path(d) for d in ([dataset] if isinstance(dataset, str) else dataset)]  # a single path in runs before multi-store training
+    return []
+
+
+def episode_limit(env: str, demos: list[Path], base: Path) -> int:
+    """RL episode limit for `env`: 1.25 x the longest demo, at least MIN_EPISODE_LIMIT, at most the env's limit.
+
+    A fixed limit fits some tasks only: Meta-World push-back demos take 84-352 steps, so at 100 most demos (and
+    the base's slower successes) would count as failures."""
+    if not demos:
+        raise ValueError(f"cannot derive the RL episode limit: no demos known for base {base} (no train_config.json in its run dir); pass --max-episode-steps")
+    from data.store import EpisodeStore
+    from envs.make import env_properties
+
+    longest = max(int(np.diff(EpisodeStore.open(p).episode_ends, prepend=0).max()) for p in demos)
+    return min(int(env_properties(env)["max_episode_steps"]), max(MIN_EPISODE_LIMIT, math.ceil(1.25 * longest)))
 
 
 def load_base(path: Path, device: torch.device | str = "cpu") -> Policy:

@@ -115,7 +115,7 @@ class DSRLConfig(RLRunConfig):
             raise ValueError(f"noise_magnitude must be > 0, got {self.noise_magnitude}")
         if self.exact_bootstrap is True and self.algo != "na":
             raise ValueError("exact_bootstrap applies to --algo na (Q^A on executed chunks); DSRL-SAC has no Q^A")
-        for name in ("total_env_steps", "n_envs", "batch_size", "utd", "log_every", "save_every", "max_episode_steps"):
+        for name in ("total_env_steps", "n_envs", "batch_size", "utd", "log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -141,6 +141,7 @@ class EntropyTemperature(torch.nn.Module):
 
 def train(cfg: DSRLConfig) -> dict:
     run = RLRun(cfg, f"dsrl-{cfg.algo}")
+    cfg = run.cfg  # with the episode limit resolved
     base, device = run.base, run.device
     if base.sampler_core() is not base:
         raise CheckpointError(f"{cfg.base} holds a {base.policy_type} policy; DSRL steers a Diffusion Policy (policy_type 'diffusion')")

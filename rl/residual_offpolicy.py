@@ -30,14 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.io import read_json
 from data.store import EpisodeStore, StoreError
 from data.training import derivable_keys, with_derived
 from envs.make import make_env, make_vector_env
 from policies.residual.config import for_base
 from policies.residual.policy import ResidualPolicy
 from rl.base_actions import BaseActionQueues
-from rl.common import RLRunConfig, adam, reset_finished
+from rl.common import RLRunConfig, adam, base_datasets, reset_finished
 from rl.run import RLRun, run_cli
 from rl.networks import QEnsemble, soft_update
 from rl.replay import NStepAccumulator, ReplayBuffer
@@ -102,7 +101,7 @@ class ResidualOffPolicyConfig(RLRunConfig):
             raise ValueError(f"n_target_critics must be in [1, n_critics={self.n_critics}], got {self.n_target_critics}")
         if not 0.0 <= self.demo_fraction < 1.0:
             raise ValueError(f"demo_fraction must be in [0, 1), got {self.demo_fraction}")
-        for name in ("total_env_steps", "n_envs", "batch_size", "utd", "actor_delay", "log_every", "save_every", "max_episode_steps", "n_step"):
+        for name in ("total_env_steps", "n_envs", "batch_size", "utd", "actor_delay", "log_every", "save_every", "n_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -113,16 +112,13 @@ class ResidualOffPolicyConfig(RLRunConfig):
 
 
 def base_dataset(base_path: Path) -> Path:
-    """The dataset the base was trained on, from its run's train_config.json."""
-    for run_dir in (base_path, base_path.parent.parent, base_path.resolve().parent.parent):
-        config = run_dir / "train_config.json"
-        if config.is_file():
-            dataset = read_json(config).get("dataset") or [run_dir / "demos.zarr"]
-            datasets = [dataset] if isinstance(dataset, str) else dataset  # a single path in runs before multi-store training
-            if len(datasets) != 1:
-                raise ValueError(f"{base_path} was trained on {len(datasets)} stores {datasets}; pass the demos for the residual with --dataset")
-            return Path(datasets[0])
-    raise ValueError(f"cannot tell which demos {base_path} was trained on (no train_config.json in its run dir); pass --dataset")
+    """The one store the base was trained on (the demo half of each batch)."""
+    datasets = base_datasets(base_path)
+    if not datasets:
+        raise ValueError(f"cannot tell which demos {base_path} was trained on (no train_config.json in its run dir); pass --dataset")
+    if len(datasets) != 1:
+        raise ValueError(f"{base_path} was trained on {len(datasets)} stores {[str(d) for d in datasets]}; pass the demos for the residual with --dataset")
+    return datasets[0]
 
 
 def ensemble_target(q_next: torch.Tensor, heads: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor) -> torch.Tensor:
@@ -181,7 +177,8 @@ def demo_transitions(policy: ResidualPolicy, store_path: Path, env_name: str, ma
 
 
 def train(cfg: ResidualOffPolicyConfig) -> dict:
-    run = RLRun(cfg, "residual-offpolicy")
+    run = RLRun(cfg, "residual-offpolicy", demos=[cfg.dataset] if cfg.dataset else None)
+    cfg = run.cfg  # with the episode limit resolved
     base, device, rng = run.base, run.device, run.rng
     dataset = cfg.dataset or base_dataset(cfg.base)
 

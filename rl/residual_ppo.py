@@ -77,7 +77,7 @@ class ResidualPPOConfig(RLRunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("total_env_steps", "n_envs", "rollout_steps", "update_epochs", "n_minibatches", "max_episode_steps", "save_every"):
+        for name in ("total_env_steps", "n_envs", "rollout_steps", "update_epochs", "n_minibatches", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.init_std <= 0:
@@ -105,6 +105,7 @@ class ValueAndStd(torch.nn.Module):
 
 def train(cfg: ResidualPPOConfig) -> dict:
     run = RLRun(cfg, "residual-ppo")
+    cfg = run.cfg  # with the episode limit resolved
     base, device, rng = run.base, run.device, run.rng
 
     probe = make_env(cfg.env)

@@ -21,6 +21,7 @@ training-episode seeds, the summary, and closing everything it opened.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -40,8 +41,11 @@ from rl.common import (
     EpisodeSeeds,
     Evaluator,
     RLRunConfig,
+    MIN_EPISODE_LIMIT,
     RolloutStats,
     RunLog,
+    base_datasets,
+    episode_limit,
     load_base,
     load_checkpoint,
     save_checkpoint,
@@ -50,7 +54,8 @@ from rl.replay import ReplayBuffer
 
 
 class RLRun:
-    def __init__(self, cfg: RLRunConfig, label: str) -> None:
+    def __init__(self, cfg: RLRunConfig, label: str, demos: list[Path] | None = None) -> None:
+        """`demos`: the stores that set the default episode limit (default: the ones the base was trained on)."""
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.cfg, self.label = cfg, label
@@ -58,6 +63,10 @@ class RLRun:
         self.base: Policy = load_base(cfg.base, self.device)
         check_policy_matches_env(self.base.config, cfg.env, f"base {cfg.base}")
         self.base.check_ready()
+        if cfg.max_episode_steps is None:
+            cfg = replace(cfg, max_episode_steps=episode_limit(cfg.env, demos if demos is not None else base_datasets(cfg.base), cfg.base))
+            print(f"episode limit: {cfg.max_episode_steps} steps (1.25 x the longest demo, at least {MIN_EPISODE_LIMIT}, at most the env's; --max-episode-steps sets it)")
+        self.cfg = cfg
         self.run_dir: Path = cfg.resolved_run_dir()
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)

@@ -137,3 +137,34 @@ def test_residual_refuses_a_base_that_does_not_fit_the_env(tmp_path, mismatched_
     with pytest.raises(SystemExit, match="demos were recorded in 'metaworld/push-v3'"):
         train.main(["residual", "--base", str(tiny_dp_checkpoint), "--run-dir", str(tmp_path / "rl"), *TINY[2:], "--env", "metaworld/reach-v3"])
     assert not (tmp_path / "rl").exists()
+
+
+def test_default_episode_limit_follows_the_demos(tmp_path, tiny_dp_checkpoint):
+    """Without --max-episode-steps the limit is 1.25 x the longest demo, at least 100, at most the env's 500;
+    the run saves the number it used in train_config.json."""
+    import numpy as np
+
+    from data.store import EpisodeStore
+    from rl.common import base_datasets, episode_limit
+
+    def store(name: str, lengths: list[int]) -> Path:
+        s = EpisodeStore.create(tmp_path / f"{name}.zarr", env_id="push-v3", fps=80.0, source="test")
+        for n in lengths:
+            s.append_episode({"action": np.zeros((n, 4), np.float32)})
+        return s.path
+
+    assert episode_limit(ENV, [store("short", [30, 60])], tmp_path) == 100
+    assert episode_limit(ENV, [store("push_back_like", [84, 352, 90])], tmp_path) == 440
+    assert episode_limit(ENV, [store("a", [90]), store("long", [450])], tmp_path) == 500
+    with pytest.raises(ValueError, match="no demos known for base .*pass --max-episode-steps"):
+        episode_limit(ENV, [], tmp_path / "exported")
+
+    (demos,) = base_datasets(tiny_dp_checkpoint)
+    expected = episode_limit(ENV, [demos], tiny_dp_checkpoint)
+    run_dir = tmp_path / "rl"
+    args = ["residual", "--base", str(tiny_dp_checkpoint), "--run-dir", str(run_dir), "--env", ENV, "--n-envs", "2", "--hidden-dim", "32",
+            "--eval-episodes", "0", "--total-env-steps", "32", "--warmup-env-steps", "16", "--critic-only-env-steps", "16", "--utd", "1",
+            "--batch-size", "8", "--critic-hidden-dim", "32", "--n-critics", "2", "--replay-capacity", "1024"]
+    train.main(args)
+    assert json.loads((run_dir / "train_config.json").read_text())["max_episode_steps"] == expected >= 100
+    train.main([*args, "--total-env-steps", "48", "--resume"])  # the resolved limit matches the saved one on resume

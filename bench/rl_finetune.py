@@ -198,7 +198,7 @@ def main() -> None:
     write_results(
         args.out, "rl_finetune",
         f"metaworld/{args.task}; base {base}; env steps run {({a['method']: a['env_steps'] for a in aggregates})}; eval: 50 episodes "
-        f"(seeds 100000+), {sorted({r['max_episode_steps'] for r in all_rows})}-step limit, success = Meta-World info['success'] at any step; band = pooled Wilson 95% CI over seeds",
+        f"(seeds 100000+), {'/'.join(str(n) for n in sorted({r['max_episode_steps'] for r in all_rows}))}-step limit, success = Meta-World info['success'] at any step; band = pooled Wilson 95% CI over seeds",
         all_rows, aggregates=aggregates, curves=curves, extra_args=shlex.split(args.extra),
     )
 

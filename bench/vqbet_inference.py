@@ -49,11 +49,12 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for run in args.runs:
         env = json.loads((run / "train_config.json").read_text())["env"]
+        policy = Policy.from_pretrained(run / "checkpoints" / "last")
+        if policy.policy_type != "vqbet":
+            raise SystemExit(f"error: {run} holds a {policy.policy_type} checkpoint; this bench varies VQ-BeT inference options")
+        trained = policy.config
         for name in args.variants:
-            policy = Policy.from_pretrained(run / "checkpoints" / "last")
-            if policy.policy_type != "vqbet":
-                raise SystemExit(f"error: {run} holds a {policy.policy_type} checkpoint; this bench varies VQ-BeT inference options")
-            policy.config = dataclasses.replace(policy.config, **VARIANTS[name])
+            policy.config = dataclasses.replace(trained, **VARIANTS[name])
             result = evaluate(policy, env, args.episodes, seed_start=100_000, n_envs=10, progress=False).to_dict()
             failures = Counter("+".join(e.get("stages_reached", [])) or "no stage" for e in result["episodes"] if not e["success"])
             rows.append({"run": str(run), "env": env, "variant": name, "success_rate": result["success_rate"], "ci95": [round(c, 3) for c in result["ci95"]], "n": result["n_episodes"], "failures_by_stage": dict(failures)})

@@ -1,6 +1,6 @@
 """Offscreen camera rendering for MuJoCo envs: uint8 (H, W, 3) images as observations.
 
-Set `MUJOCO_GL=egl` (default here when unset) or `osmesa` before the first MuJoCo render. Each env owns one
+Set `MUJOCO_GL=egl` (`envs/__init__.py` makes it the default when unset) or `osmesa` before the first MuJoCo render. Each env owns one
 `mujoco.Renderer` per image size, shared by its cameras.
 """
 
@@ -16,20 +16,14 @@ import numpy as np
 IMAGE_KEY_PREFIX = "image_"
 
 
-def ensure_gl_backend() -> None:
-    """Headless rendering needs EGL (or OSMesa): pick EGL unless the user chose (`envs/__init__.py` does it too)."""
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-
-
 def check_gl_backend() -> None:
     """MuJoCo reads MUJOCO_GL once, at its first import: if that came before `envs`, say so instead of failing
-    inside mjr_makeContext with an OpenGL message."""
-    ensure_gl_backend()
+    inside mjr_makeContext with an OpenGL message. (`envs/__init__.py` sets the EGL default.)"""
+    wanted = os.environ.get("MUJOCO_GL", "")
     imported_with = getattr(getattr(mujoco, "gl_context", None), "_MUJOCO_GL", None)
-    if imported_with is not None and imported_with != os.environ["MUJOCO_GL"].lower().strip():
+    if imported_with is not None and imported_with != wanted.lower().strip():
         raise RuntimeError(
-            f"mujoco was imported with MUJOCO_GL={imported_with!r} before MUJOCO_GL={os.environ['MUJOCO_GL']!r} was set; "
+            f"mujoco was imported with MUJOCO_GL={imported_with!r} before MUJOCO_GL={wanted!r} was set; "
             "set MUJOCO_GL=egl (or osmesa) in the environment before starting Python to render offscreen"
         )
 

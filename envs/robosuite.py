@@ -24,7 +24,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.cameras import CameraRenderer, ensure_gl_backend
+from envs.cameras import CameraRenderer
 
 TASKS = ("Lift", "PickPlaceCan")
 SUCCESS_DEFINITION = "robosuite env._check_success() at any step of the episode"
@@ -46,7 +46,6 @@ def check_task(task: str) -> str:
 
 def import_robosuite():
     """Import robosuite quietly (it logs macro-file advice and optional-robot warnings at import)."""
-    ensure_gl_backend()
     logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
     try:
         import robosuite

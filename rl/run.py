@@ -58,7 +58,7 @@ class RLRun:
         """`demos`: the stores that set the default episode limit (default: the ones the base was trained on)."""
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        self.cfg, self.label = cfg, label
+        self.label = label
         self.device = torch.device(cfg.device)
         self.base: Policy = load_base(cfg.base, self.device)
         check_policy_matches_env(self.base.config, cfg.env, f"base {cfg.base}")

@@ -1,13 +1,73 @@
+"""Shared fixtures, and the rule for comparing floats in this suite.
+
+- **Exact** (`torch.equal`, `np.array_equal`) where both sides are computed on the same machine in the same
+  test run, subprocesses included: save/load round trips, resume, served = evaluated, chunk queues, samplers,
+  store round trips. Any difference there is a bug, so no tolerance hides it.
+- **Tolerance** (`golden_values.assert_matches_golden`, rtol = atol = 1e-4) for golden values stored in
+  `tests/golden/`: they were computed on another CPU, and another CPU rounds differently (up to 1.9e-6 seen
+  between AVX2 and AVX-512 machines). A real change of 1e-3 still fails (`test_golden_check_catches_...`).
+- **Exact again** for hashes of stored bytes (checkpoint fingerprints): they are not computed floats.
+
+The header below names the machine, so a failure in CI says which CPU and library versions it ran on.
+"""
+
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import platform  # noqa: E402
+from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_lines() -> list[str]:
+    """The CPU, torch's kernel capability, threads and the versions that golden values depend on."""
+
+    def ver(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return [
+        f"machine: {cpu_model()} ({os.cpu_count()} cpus), torch cpu capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} torch threads",
+        "versions: " + ", ".join(f"{p} {ver(p)}" for p in ("torch", "numpy", "mujoco", "metaworld")) + f", python {platform.python_version()}",
+    ]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return machine_lines()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The project runs with `-q`, which hides pytest's report header: write the machine lines anyway."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and reporter.verbosity < 0:
+        for line in machine_lines():
+            reporter.write_line(line)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Repeat the machine at the end, next to the failures."""
+    if exitstatus != 0:
+        terminalreporter.section("machine")
+        for line in machine_lines():
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from golden_values import assert_matches_golden
 
 import train
 from data.normalize import Normalizer
@@ -113,8 +114,8 @@ def test_golden_outputs():
     torch.manual_seed(4)
     loss, _ = policy(train_batch(seed=11))
     golden = json.loads(GOLDEN.read_text())
-    np.testing.assert_allclose(chunk.numpy(), np.array(golden["chunk"]), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(loss.item(), golden["loss"], rtol=1e-4)
+    assert_matches_golden(chunk, golden["chunk"], "vqbet chunk")
+    assert_matches_golden(loss.item(), golden["loss"], "vqbet loss")
 
 
 def test_averaging_overlapping_chunks_switch():

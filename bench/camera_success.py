@@ -11,7 +11,9 @@ success = the env's info["success"] at any step (robosuite: _check_success(); Me
 episode limits 200 (Lift), 400 (Can), 500 (Meta-World). State rows use the `default` preset (2000 steps,
 batch 128) on the `state` key. Image rows read one 84x84 camera (random 76x76 crops) plus `proprio`, and
 no object state: the object must be found in the image. On CPU the image rows use --image-steps/--image-batch
-and are labelled with them. `train_cpu_minutes` = user + sys CPU of the training process and its loader workers.
+and are labelled with them. `train_cpu_minutes` = user + sys CPU of the training process and its loader workers,
+summed over every attempt of a resumed run; `eval_cpu_minutes` = the same for the evaluation (env workers and
+their rendering included); `total_cpu_minutes` = both. Run dirs end in the hash of their training config.
 
 Image recipes: resnet-unet is the paper's (ResNet-18 GroupNorm trunk, 1-D UNet, DDPM, DDIM-10); conv-mlp-flow
 is the CPU recipe (4-layer conv trunk, the default preset's MLP denoiser, flow matching, 3 Euler steps).
@@ -27,7 +29,7 @@ from pathlib import Path
 import tyro
 
 from policies.training import PRESETS
-from bench.common import evaluate_checkpoint, print_table, require_known, train_measured, write_results
+from bench.common import cpu_minutes, evaluate_checkpoint, print_table, require_known, train_measured, with_run_dir, write_results
 from policies import DiffusionConfig
 
 # name -> (env, camera or None)
@@ -89,18 +91,19 @@ def run_row(args: Args, name: str) -> dict:
         steps, batch, recipe = args.image_steps, args.image_batch, args.image_recipe
     else:
         policy, steps, batch, recipe = preset.policy, preset.steps, preset.batch_size, "default preset"  # on robosuite's state
-    run_dir = args.runs / f"{name}-{args.image_recipe + '-' if camera else ''}{args.n_demos}demos-{steps}steps-b{batch}"
     cfg = dataclasses.replace(
         preset, env=env, dataset=(demos,), policy=policy, steps=steps, batch_size=batch, eval_episodes=0,
-        run_dir=run_dir, device=args.device, num_threads=args.num_threads, save_every=500,
+        device=args.device, num_threads=args.num_threads, save_every=500,
     )
-    cpu_minutes = train_measured(cfg)
+    cfg = with_run_dir(cfg, args.runs, f"{name}-{args.image_recipe + '-' if camera else ''}{args.n_demos}demos-{steps}steps-b{batch}")
+    run_dir = cfg.run_dir
+    train_min = train_measured(cfg)
     ev = evaluate_checkpoint(run_dir, env, args.episodes)
     log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     return {
         "row": name, "env": env, "obs": f"{camera} {args.image_size}px + proprio" if camera else "state", "recipe": recipe, "train_steps": steps, "batch": batch,
         "success_rate": ev["success_rate"], "ci95": [round(c, 3) for c in ev["ci95"]], "n": ev["n_episodes"], **expert,
-        "train_cpu_minutes": round(cpu_minutes, 1), "final_loss": log[-1]["loss"], "data_wait_frac": log[-1]["data_wait_frac"],
+        **cpu_minutes(train_min, ev, ndigits=1), "final_loss": log[-1]["loss"], "data_wait_frac": log[-1]["data_wait_frac"],
         "samples_per_s": log[-1]["samples_per_s"], "run_dir": str(run_dir), "device": args.device,
     }
 
@@ -110,7 +113,7 @@ def main() -> None:
     require_known(args.rows, ROWS, "rows")
     require_known((args.image_recipe,), IMAGE_RECIPES, "image recipe")
     rows = [run_row(args, name) for name in args.rows]
-    print_table(rows, ["row", "obs", "recipe", "train_steps", "batch", "success_rate", "ci95", "train_cpu_minutes", "expert_success", "data_wait_frac", "device"])
+    print_table(rows, ["row", "obs", "recipe", "train_steps", "batch", "success_rate", "ci95", "train_cpu_minutes", "eval_cpu_minutes", "expert_success", "data_wait_frac", "device"])
     write_results(
         args.out, "camera_success",
         f"{args.n_demos} scripted demos per env; Diffusion Policy; final EMA checkpoint; {args.episodes} episodes, seeds 100000+; "

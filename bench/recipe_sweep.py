@@ -7,8 +7,11 @@ Protocol: the DP3 demo budget (10 scripted demos per task, seeds 0+), state obse
 run per (recipe, task) with evaluation switched off, then the final EMA checkpoint is evaluated with each
 of the recipe's samplers over the same 50 seeded episodes (seeds 100000+; success = info["success"] at any
 step of a 500-step episode). `train_cpu_minutes` is the training's user + sys CPU time (all threads of
-this process) / 60, measured with getrusage around `policies.training.train`; nothing else should run meanwhile.
-Runs live in bench_runs/sweep/<recipe>/<task>/ and finished ones (train and each sampler's eval) are reused.
+this process) / 60, measured with getrusage around `policies.training.train` and summed over every attempt
+when a run is interrupted and resumed; nothing else should run meanwhile. `eval_cpu_minutes` is the same for
+the sampler's evaluation (its env worker processes included: simulation), `total_cpu_minutes` their sum.
+Runs live in bench_runs/sweep/<recipe>/<task>-<hash of the training config>/ (a changed recipe trains afresh)
+and finished ones (train, and each sampler's eval keyed by everything that defines it) are reused.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 import tyro
 
 from policies.training import PRESETS
-from bench.common import evaluate_checkpoint, print_table, require_known, train_measured, write_results
+from bench.common import cpu_minutes, evaluate_checkpoint, print_table, require_known, train_measured, with_run_dir, write_results
 from bench.metaworld_success import SPLITS, split_of
 from policies import DiffusionConfig
 
@@ -58,15 +61,16 @@ class Args:
 
 
 def train_recipe(args: Args, recipe: str, task: str, demos: Path) -> tuple[Path, float]:
-    """Train once (reused when done); returns the run dir and the training CPU-minutes."""
+    """Train once per training config (reused when done, resumed when interrupted); returns the run dir and the
+    training CPU-minutes of every attempt."""
     policy_kw, train_kw, _ = RECIPES[recipe]
-    run_dir = args.runs / recipe / task
     base = PRESETS["default"][1]
     cfg = dataclasses.replace(
-        base, env=f"metaworld/{task}", dataset=(demos,), eval_episodes=0, seed=args.seed, run_dir=run_dir,
+        base, env=f"metaworld/{task}", dataset=(demos,), eval_episodes=0, seed=args.seed,
         policy=dataclasses.replace(DiffusionConfig(), **policy_kw), **train_kw,
     )
-    return run_dir, train_measured(cfg)
+    cfg = with_run_dir(cfg, args.runs / recipe, task)  # a changed recipe trains afresh in its own dir
+    return cfg.run_dir, train_measured(cfg)
 
 
 def main() -> None:
@@ -86,18 +90,19 @@ def main() -> None:
                 ev = evaluate_checkpoint(run_dir, f"metaworld/{task}", args.episodes, (sampler, steps))
                 row = {
                     "recipe": recipe, "task": task, "split": split_of(task), "sampler": f"{sampler}-{steps}",
-                    "success_rate": ev["success_rate"], "ci95": [round(c, 3) for c in ev["ci95"]], "train_cpu_minutes": round(cpu_min, 2),
+                    "success_rate": ev["success_rate"], "ci95": [round(c, 3) for c in ev["ci95"]], **cpu_minutes(cpu_min, ev),
                 }
                 rows.append(row)
                 print_table([row], list(row))
     print()
-    print_table(rows, ["recipe", "sampler", "task", "split", "success_rate", "ci95", "train_cpu_minutes"])
+    print_table(rows, ["recipe", "sampler", "task", "split", "success_rate", "ci95", "train_cpu_minutes", "eval_cpu_minutes"])
     means = {}
     for recipe, sampler in dict.fromkeys((r["recipe"], r["sampler"]) for r in rows):
         sel = [r for r in rows if r["recipe"] == recipe and r["sampler"] == sampler]
         means[f"{recipe} {sampler}"] = {
             "mean_success": float(np.mean([r["success_rate"] for r in sel])),
             "mean_train_cpu_minutes": float(np.mean([r["train_cpu_minutes"] for r in sel])),
+            "mean_eval_cpu_minutes": float(np.mean([r["eval_cpu_minutes"] for r in sel])),
             **{s: float(np.mean([r["success_rate"] for r in sel if r["split"] == s])) for s in SPLITS if any(r["split"] == s for r in sel)},
         }
     print("\nmeans:")
@@ -105,13 +110,15 @@ def main() -> None:
         print(f"  {name:>28}: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items()))
     results = [
         {"policy": "diffusion", "recipe": r["recipe"], "sampler": r["sampler"], "task": f"metaworld/{r['task']}", "split": r["split"], "n_demos": args.n_demos,
-         "metric": "success_rate", "value": r["success_rate"], "ci95": r["ci95"], "n": args.episodes, "train_cpu_minutes": r["train_cpu_minutes"]}
+         "metric": "success_rate", "value": r["success_rate"], "ci95": r["ci95"], "n": args.episodes,
+         **{k: r[k] for k in ("train_cpu_minutes", "eval_cpu_minutes", "total_cpu_minutes")}}
         for r in rows
     ]
     write_results(
         args.out, "recipe_sweep",
         f"{args.n_demos} scripted demos/task, state DP recipes (bench/recipe_sweep.py RECIPES), final EMA checkpoint, {args.episodes} episodes seeds 100000+, "
-        "success = info['success'] at any step within 500 steps; train_cpu_minutes = training user+sys CPU / 60",
+        "success = info['success'] at any step within 500 steps; train_cpu_minutes = training user+sys CPU / 60 over every attempt; "
+        "eval_cpu_minutes = that sampler's evaluation (env workers included); total_cpu_minutes = their sum",
         results, means=means, recipes={k: {"policy": v[0], "train": v[1], "samplers": v[2]} for k, v in RECIPES.items() if k in args.recipes},
     )
 

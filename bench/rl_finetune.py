@@ -78,7 +78,8 @@ def ensure_base(args: Args) -> Path:
     from bench.metaworld_success import Args as SuccessArgs
     from bench.metaworld_success import run_task
 
-    row = run_task(SuccessArgs(n_demos=10, diffusion_steps=600, vqbet_steps=600, episodes=50), args.base_policy, args.task)
+    recipe = {"diffusion": "privileged", "vqbet": "vqbet"}[args.base_policy]
+    row = run_task(SuccessArgs(n_demos=10, steps=600, episodes=50, max_episode_steps=500), recipe, args.task)
     return Path(row["run_dir"])
 
 

@@ -2,13 +2,15 @@
 
     python -m data.collect --env metaworld/push-v3 --episodes 50 --out demos/push.zarr
     python -m data.collect --env robosuite/Lift --episodes 50 --cameras agentview robot0_eye_in_hand --image-size 84 --out demos/lift.zarr
+    python -m data.collect --env metaworld/basketball-v3 --episodes 10 --point-cloud --out demos/basketball_pc.zarr
 
 Episode k uses env seed `seed_start + k`, so every demo is reproducible from its seed. Only successful
 episodes are kept (the expert is run until success plus `post_success_steps`, or the step limit); failures
 are dropped and counted. The store is written as `<out>.partial`, one committed append per episode, and renamed
 to `<out>` at the end; a killed collection continues with `--resume`.
 Every observation key the env produces is recorded (state, proprio, and image_<camera> uint8 (T, H, W, 3)
-for each of --cameras, one compressed zarr chunk per frame). Episodes are appended one at a time, so
+for each of --cameras, one compressed zarr chunk per frame; with --point-cloud, `point_cloud` float32
+(T, N, 3 or 6), and the store's `point_cloud` attrs say how it was rendered). Episodes are appended one at a time, so
 image demos never sit in RAM all at once.
 """
 
@@ -25,6 +27,7 @@ from tqdm import tqdm
 
 from data.store import EpisodeStore, replace_store
 from envs.make import env_properties, make_env, split_env_name
+from envs.pointcloud import spec_to_attrs
 
 
 class CollectionError(RuntimeError):
@@ -55,6 +58,16 @@ class CollectConfig:
     """Cameras to record as image_<camera> keys, e.g. corner2 (Meta-World) or agentview (robosuite)."""
     image_size: int = 84
     """Square image side in pixels for --cameras."""
+    point_cloud: bool = False
+    """Record `point_cloud` (N, 3 or 6) float32 with the suite's setup (envs/pointcloud.py; Meta-World: DP3's corner2, 512 points)."""
+    point_cloud_cameras: tuple[str, ...] = ()
+    """Cameras fused into the point cloud (default: the suite's)."""
+    point_cloud_points: int | None = None
+    """Points per cloud after farthest-point sampling (default: the suite's, 512)."""
+    point_cloud_rgb: bool = False
+    """Append RGB to each point: (N, 6)."""
+    point_cloud_image_size: int | None = None
+    """Depth-render side in pixels per camera (default: the suite's, 128)."""
 
 
 @dataclass
@@ -118,7 +131,20 @@ def rollout_expert(env, act, seed: int, post_success_steps: int) -> tuple[dict[s
 
 
 # Fields that must match when --resume continues an interrupted collection (--episodes may grow).
-RESUME_FIELDS = ("env", "seed_start", "post_success_steps", "max_episode_steps", "cameras", "image_size")
+RESUME_FIELDS = (
+    "env", "seed_start", "post_success_steps", "max_episode_steps", "cameras", "image_size",
+    "point_cloud", "point_cloud_cameras", "point_cloud_points", "point_cloud_rgb", "point_cloud_image_size",
+)
+
+
+def point_cloud_of(cfg: CollectConfig):
+    """The PointCloudSpec to record, or None."""
+    if not cfg.point_cloud:
+        return None
+    from envs.make import default_point_cloud
+    from envs.pointcloud import point_cloud_spec
+
+    return point_cloud_spec(default_point_cloud(cfg.env), cfg.point_cloud_cameras, cfg.point_cloud_points, cfg.point_cloud_rgb, cfg.point_cloud_image_size)
 
 
 def partial_path(out: Path) -> Path:
@@ -156,6 +182,9 @@ def collect(cfg: CollectConfig, progress: bool = True) -> tuple[EpisodeStore, Co
     env_kwargs = {"max_episode_steps": cfg.max_episode_steps} if cfg.max_episode_steps else {}
     if cfg.cameras:
         env_kwargs |= {"cameras": tuple(cfg.cameras), "image_size": cfg.image_size}
+    point_cloud = point_cloud_of(cfg)
+    if point_cloud is not None:
+        env_kwargs["point_cloud"] = point_cloud
     env = make_env(cfg.env, **env_kwargs)  # an unknown camera fails here, listing the env's cameras
     props = env_properties(cfg.env)
     max_attempts = cfg.max_attempts or 2 * cfg.episodes + 10
@@ -196,6 +225,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> tuple[EpisodeStore, Co
     store.replace_attrs(attrs | {
         "post_success_steps": cfg.post_success_steps, "success_definition": props["success_definition"],
         "cameras": list(cfg.cameras), "image_size": cfg.image_size if cfg.cameras else None,
+        **({"point_cloud": spec_to_attrs(point_cloud)} if point_cloud is not None else {}),
     })
     replace_store(partial, out, overwrite=cfg.overwrite)
     return EpisodeStore.open(out, "r"), report

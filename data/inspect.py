@@ -8,6 +8,8 @@ shape, min / max / mean / std and NaN / inf counts (vectors over every step; ima
 `--image-sample` frames spread over the store). Writes into --out-dir:
     trajectories.png       every vector key (state, action, ...) of a few episodes, one line per dimension
     frames_<key>.png       for each image key, a contact sheet: one row per episode, frames evenly spaced in time
+    points_<key>.png       for each point-cloud key ((N, 3) or (N, 6) float32), 3-D scatters: one row per episode,
+                           its first, middle and last step (coloured by RGB when the cloud has it, else by height)
 """
 
 from __future__ import annotations
@@ -132,6 +134,44 @@ def plot_trajectories(store: EpisodeStore, episodes: list[int], path: Path) -> P
     return path
 
 
+def is_point_cloud(spec) -> bool:
+    return len(spec.shape) == 2 and spec.shape[-1] in (3, 6) and spec.dtype == "float32"
+
+
+def point_cloud_lines(store: EpisodeStore, key: str, sample: int) -> list[str]:
+    """Per-axis ranges of a point-cloud key over `sample` frames spread over the store."""
+    idx = np.unique(np.linspace(0, store.n_steps - 1, min(sample, store.n_steps)).astype(int))
+    points = np.asarray(store.frames(key)[idx]).reshape(-1, store.key_specs()[key].shape[-1])
+    axes = "  ".join(f"{name} [{points[:, i].min():.3f}, {points[:, i].max():.3f}]" for i, name in enumerate("xyz"))
+    return [f"{key}: {store.key_specs()[key].shape[0]} points per step, {axes} (m, over {len(idx)} frames)"]
+
+
+def plot_point_clouds(store: EpisodeStore, key: str, episodes: list[int], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = store.frames(key)
+    ends = store.episode_ends
+    fig = plt.figure(figsize=(12, 3.6 * len(episodes)))
+    for row, e in enumerate(episodes):
+        start, end = (int(ends[e - 1]) if e > 0 else 0), int(ends[e]) - 1
+        for col, t in enumerate((start, (start + end) // 2, end)):
+            cloud = np.asarray(frames[t])
+            ax = fig.add_subplot(len(episodes), 3, 3 * row + col + 1, projection="3d")
+            colour = np.clip(cloud[:, 3:6], 0, 1) if cloud.shape[1] == 6 else cloud[:, 2]
+            ax.scatter(cloud[:, 0], cloud[:, 1], cloud[:, 2], c=colour, s=2, cmap=None if cloud.shape[1] == 6 else "viridis")
+            ax.set_title(f"episode {e}, step {t - start}", fontsize=9)
+            ax.set_xlabel("x")
+            ax.set_ylabel("y")
+            ax.set_zlabel("z")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def contact_sheet(store: EpisodeStore, key: str, episodes: list[int], per_episode: int, path: Path) -> Path:
     import imageio.v3 as iio
 
@@ -152,6 +192,9 @@ def contact_sheet(store: EpisodeStore, key: str, episodes: list[int], per_episod
 def inspect_store(cfg: InspectConfig) -> tuple[str, list[Path]]:
     store = EpisodeStore.open(cfg.store)
     text, _ = summary(store, cfg.image_sample)
+    for key, spec in store.key_specs().items():
+        if is_point_cloud(spec) and store.n_steps:
+            text += "\n" + "\n".join(point_cloud_lines(store, key, cfg.image_sample))
     if store.n_episodes == 0:
         return text + "\n(no episodes: nothing to plot)", []
     n = store.n_episodes
@@ -167,6 +210,8 @@ def inspect_store(cfg: InspectConfig) -> tuple[str, list[Path]]:
     for key, spec in store.key_specs().items():
         if len(spec.shape) == 3 and spec.shape[-1] in (1, 3) and spec.dtype == "uint8":
             written.append(contact_sheet(store, key, episodes, cfg.frames_per_episode, out_dir / f"frames_{key}.png"))
+        elif is_point_cloud(spec):
+            written.append(plot_point_clouds(store, key, episodes, out_dir / f"points_{key}.png"))
     return text, written
 
 

@@ -20,14 +20,17 @@ from data.frames import ConcatFrames
 from data.normalize import Normalizer
 from data.sampler import WindowSampler
 from data.store import EpisodeStore, KeySpec, StoreError
+from core.observability import observability
 from data.stream import StreamingWindows
 from policies.base import window_offsets
 from policies.io_config import ENV_STATE_KEY, TASK_KEY
 
 
-def demo_stores(dataset: tuple[Path, ...], run_dir: Path, env: str, n_demos: int, image_keys: tuple[str, ...], image_size: int, resume: bool) -> tuple[Path, ...]:
+def demo_stores(
+    dataset: tuple[Path, ...], run_dir: Path, env: str, n_demos: int, image_keys: tuple[str, ...], image_size: int, resume: bool, point_cloud: bool = False
+) -> tuple[Path, ...]:
     """The stores to train on: `dataset` when given, else <run_dir>/demos.zarr, collected by the scripted expert
-    (with the cameras the policy's image keys name) if it is not there yet."""
+    (with the cameras the policy's image keys name, and the suite's point cloud if it reads one) if it is not there yet."""
     if dataset:
         return tuple(dataset)
     path = run_dir / "demos.zarr"
@@ -36,7 +39,7 @@ def demo_stores(dataset: tuple[Path, ...], run_dir: Path, env: str, n_demos: int
         from envs.cameras import camera_of
 
         cameras = tuple(camera_of(k) for k in image_keys)
-        _, report = collect(CollectConfig(env=env, episodes=n_demos, out=path, cameras=cameras, image_size=image_size, resume=resume))
+        _, report = collect(CollectConfig(env=env, episodes=n_demos, out=path, cameras=cameras, image_size=image_size, resume=resume, point_cloud=point_cloud))
         print(f"demos: {report.summary()} -> {path}")
     return (path,)
 
@@ -66,7 +69,8 @@ def load_training_data(store_path: Path, policy_cfg: Any, load_vectors: bool = T
         raise ValueError(f"state_keys {policy_cfg.state_keys}: the {ENV_STATE_KEY!r} placeholder must be resolved for an env first (policies.training.with_env_state_keys)")
     store = EpisodeStore.open(store_path)
     vector_keys = [*policy_cfg.state_keys, policy_cfg.action_key]
-    keys = [*vector_keys, *policy_cfg.image_keys]
+    point_keys = [policy_cfg.point_cloud_key] if policy_cfg.point_cloud_key else []
+    keys = [*vector_keys, *policy_cfg.image_keys, *point_keys]
     specs = store.key_specs()
     derived = derivable_keys(store, keys)
     missing = [k for k in keys if k not in specs and k not in derived]
@@ -87,19 +91,39 @@ def load_training_data(store_path: Path, policy_cfg: Any, load_vectors: bool = T
             raise StoreError(f"{store_path}: image key {key!r} is {specs[key].dtype} {shape}; expected uint8 (H, W, 3) frames")
     if len(set(image_shapes.values())) > 1:
         raise StoreError(f"{store_path}: image keys have different shapes {image_shapes}; expected one shared (H, W, 3)")
+    for key in point_keys:
+        if specs[key].dtype != "float32" or len(specs[key].shape) != 2 or specs[key].shape[1] not in (3, 6):
+            raise StoreError(f"{store_path}: point-cloud key {key!r} is {specs[key].dtype} {specs[key].shape}; expected float32 (N, 3) or (N, 6) points")
     state_dims = tuple(specs[k].shape[0] for k in policy_cfg.state_keys)
     action_dim = specs[policy_cfg.action_key].shape[0]
     image_shape = next(iter(image_shapes.values()), ())
-    for name, have, want in (("state_dims", policy_cfg.state_dims, state_dims), ("action_dim", policy_cfg.action_dim, action_dim), ("image_shape", policy_cfg.image_shape, image_shape)):
+    point_cloud_shape = specs[point_keys[0]].shape if point_keys else ()
+    filled = {"state_dims": state_dims, "action_dim": action_dim, "image_shape": image_shape, "point_cloud_shape": point_cloud_shape}
+    for name, want in filled.items():
+        have = getattr(policy_cfg, name)
         if have not in ((), 0, want):
             raise StoreError(f"{store_path}: policy.{name}={have} but the store has {want} (keys {keys})")
-    policy_cfg = dataclasses.replace(policy_cfg, state_dims=state_dims, action_dim=action_dim, image_shape=image_shape)
+    policy_cfg = dataclasses.replace(policy_cfg, **filled, **point_cloud_source(store, policy_cfg), observability=observability(policy_cfg.obs_keys))
     vectors: dict[str, Any] = {}
     if load_vectors:  # the stored vector keys plus the sources of the derived ones, then the derived ones
         to_read = dict.fromkeys([*(k for k in vector_keys if k not in derived), *(source for source, _ in derived.values())])
         vectors = with_derived(store.load(list(to_read)), derived)
-    arrays: dict[str, Any] = {k: vectors[k] for k in vector_keys if k in vectors} | {k: store.frames(k) for k in policy_cfg.image_keys}
+        vectors |= store.load(point_keys)  # (T, N, D) float32: a few kB per step, kept in RAM like the vectors
+    arrays: dict[str, Any] = {k: vectors[k] for k in [*vector_keys, *point_keys] if k in vectors} | {k: store.frames(k) for k in policy_cfg.image_keys}
     return store, arrays, policy_cfg
+
+
+def point_cloud_source(store: EpisodeStore, policy_cfg: Any) -> dict[str, Any]:
+    """How the store's point cloud was rendered (its `point_cloud` attrs, written by data.collect), as policy config
+    fields, so that evaluation renders the same cloud. Empty without a point cloud or for stores that lack them."""
+    source = store.attrs.get("point_cloud") if policy_cfg.point_cloud_key else None
+    if not source:
+        return {}
+    return {
+        "point_cloud_cameras": tuple(source["cameras"]), "point_cloud_image_size": int(source["image_size"]),
+        "point_cloud_crop": tuple(float(x) for x in (*source["crop_low"], *source["crop_high"])),
+        "point_cloud_camera_positions": tuple(float(x) for position in source.get("camera_positions", []) for x in position),
+    }
 
 
 @dataclass

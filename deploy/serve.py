@@ -16,7 +16,7 @@ import torch
 import tyro
 
 from core.io import CheckpointError
-from deploy.server import PolicyServer, ServerOptions, load_for_serving
+from deploy.server import PolicyServer, ServerOptions, load_for_serving, pin_mmap_threshold
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,12 @@ class ServeConfig:
     """torch device for inference."""
     max_batch: int = 16
     """Most concurrent requests answered by one forward pass."""
-    max_message_mb: float = 16.0
-    """Frames larger than this are refused."""
+    max_message_mb: float | None = None
+    """Frames larger than this are refused before they are read (default: the largest valid request for this
+    policy, every observation as a full window, plus 64 KiB)."""
+    pin_malloc: bool = True
+    """Pin glibc's mmap threshold at 128 KiB at start, so large hostile frames do not fragment the heap
+    (docs/deploy.md, "Memory under hostile traffic"). A no-op where the C library is not glibc."""
     debug: bool = False
     """Include tracebacks in error replies."""
     compile: bool = True
@@ -54,6 +58,7 @@ def main() -> None:
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # one INFO line per refused or dropped connection: a storm's worth
     token = None
     if cfg.token_env is not None:
         token = os.environ.get(cfg.token_env)
@@ -64,7 +69,10 @@ def main() -> None:
     except (CheckpointError, RuntimeError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     metadata["auth"] = token is not None
-    options = ServerOptions(host=cfg.host, port=cfg.port, token=token, max_batch=cfg.max_batch, max_message_bytes=int(cfg.max_message_mb * 2**20), debug=cfg.debug)
+    if cfg.pin_malloc:
+        pin_mmap_threshold()
+    max_bytes = None if cfg.max_message_mb is None else int(cfg.max_message_mb * 2**20)
+    options = ServerOptions(host=cfg.host, port=cfg.port, token=token, max_batch=cfg.max_batch, max_message_bytes=max_bytes, debug=cfg.debug)
     try:
         asyncio.run(PolicyServer(policy, metadata, options).serve_forever())
     except KeyboardInterrupt:

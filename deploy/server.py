@@ -50,6 +50,40 @@ from policies.base import Policy
 
 log = logging.getLogger("deploy.server")
 PROTOCOL_VERSION = 1
+MMAP_THRESHOLD_BYTES = 128 * 1024
+"""glibc's initial mmap threshold, pinned (docs/deploy.md, "Memory under hostile traffic")."""
+REQUEST_SLACK_BYTES = 64 * 1024
+"""What a valid request may carry beyond its observation arrays: msgpack framing, reset, noise_seed, timestamp."""
+
+
+def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Keep large buffers out of the heap: glibc's `mallopt(M_MMAP_THRESHOLD, threshold)`; False where not glibc.
+
+    glibc raises its mmap threshold each time a large mmapped buffer is freed (up to 32 MB), so after the first
+    big message later big ones come from the heap and fragment it: the server grew by 100+ MB over a few
+    storms of malformed traffic. A fixed threshold turns the dynamic adjustment off and returns every large
+    buffer to the OS when it is freed.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False  # musl, macOS: no mallopt
+    M_MMAP_THRESHOLD = -3
+    return bool(mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(threshold)))
+
+
+def request_limit_bytes(spec: dict[str, dict[str, Any]], n_obs_steps: int) -> int:
+    """The largest frame a valid request can be: every observation sent as a full window, plus slack."""
+    itemsize = {"float32": 16, "uint8": 1}  # float observations may arrive in any float dtype the wire allows
+    window = sum(n_obs_steps * int(np.prod(s["shape"])) * itemsize[s["dtype"]] for s in spec.values())
+    return window + REQUEST_SLACK_BYTES
 
 
 @dataclass(frozen=True)
@@ -62,8 +96,9 @@ class ServerOptions:
     """Shared secret; clients must send `Authorization: Api-Key <token>`. None: no auth."""
     max_batch: int = 16
     """Most requests run in one forward pass."""
-    max_message_bytes: int = 16 * 1024 * 1024
-    """Larger frames are refused by the websocket layer before they are read into memory."""
+    max_message_bytes: int | None = None
+    """Larger frames are refused by the websocket layer before they are read into memory (the connection closes
+    with code 1009). None: the largest valid request for this policy (`request_limit_bytes`)."""
     debug: bool = False
     """Send tracebacks to clients (never in production)."""
 
@@ -81,6 +116,8 @@ def obs_spec(policy: Policy) -> dict[str, dict[str, Any]]:
     c = policy.config
     spec = {key: {"shape": [int(dim)], "dtype": "float32"} for key, dim in zip(c.state_keys, c.state_dims)}
     spec |= {key: {"shape": [int(n) for n in c.image_shape], "dtype": "uint8"} for key in c.image_keys}
+    if c.point_cloud_key:
+        spec[c.point_cloud_key] = {"shape": [int(n) for n in c.point_cloud_shape], "dtype": "float32"}
     return spec
 
 
@@ -219,8 +256,9 @@ class PolicyServer:
     def __init__(self, policy: Policy, metadata: dict[str, Any], options: ServerOptions = ServerOptions()) -> None:
         self.runner = PolicyRunner(policy)
         self.options = options
-        self.metadata = metadata
-        self._metadata_frame = wire.pack(metadata)
+        self.max_message_bytes = options.max_message_bytes or request_limit_bytes(self.runner.spec, self.runner.config.n_obs_steps)
+        self.metadata = {**metadata, "max_message_bytes": self.max_message_bytes}
+        self._metadata_frame = wire.pack(self.metadata)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._queue: asyncio.Queue[_Pending] | None = None
         self.stats = {"requests": 0, "errors": 0, "batches": 0, "connections": 0}
@@ -274,7 +312,7 @@ class PolicyServer:
                 received = time.perf_counter()
                 self.stats["requests"] += 1
                 try:
-                    request = wire.unpack(message, self.options.max_message_bytes)
+                    request = wire.unpack(message, self.max_message_bytes)
                     if isinstance(request, dict) and request.get("reset") is True:
                         self.runner.reset_session(ws)
                         if not any(k in request for k in spec):
@@ -310,7 +348,7 @@ class PolicyServer:
         self._batcher = asyncio.create_task(self._batch_loop())
         return await serve(
             self._handle, self.options.host, self.options.port, process_request=self._process_request,
-            max_size=self.options.max_message_bytes, compression=None, ping_interval=20, ping_timeout=60,
+            max_size=self.max_message_bytes, compression=None, ping_interval=20, ping_timeout=60,
         )
 
     async def stop_batcher(self) -> None:

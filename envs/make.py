@@ -105,7 +105,23 @@ def policy_env_kwargs(config: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"task_names": tuple(config.task_names)} if getattr(config, "task_names", ()) else {}
     if getattr(config, "image_keys", ()):
         kwargs |= {"cameras": tuple(camera_of(k) for k in config.image_keys), "image_size": int(config.image_shape[0])}
+    if getattr(config, "point_cloud_key", None):
+        from envs.pointcloud import spec_from_policy_config
+
+        kwargs["point_cloud"] = spec_from_policy_config(config)
     return kwargs
+
+
+def default_point_cloud(name: str):
+    """The suite's point-cloud setup (envs.pointcloud.PointCloudSpec): cameras, crop box, points."""
+    suite, _ = split_env_name(name)
+    if suite == "metaworld":
+        from envs.metaworld import POINT_CLOUD
+    elif suite == "robosuite":
+        from envs.robosuite import POINT_CLOUD
+    else:
+        raise AssertionError(suite)
+    return POINT_CLOUD
 
 
 @contextlib.contextmanager

@@ -6,10 +6,13 @@ reset with a seed draws a fresh initial state (object and goal positions) from t
 reset space, using only that seed: episode `s` is the same on every machine and in every process.
 This is the goal-observable protocol used by the DP3 paper.
 
-Observation: `{"state": float32 (39,), "proprio": float32 (4,), "relative": float32 (12,)}` (proprio = hand
-position and gripper opening, the first 4 state entries; relative = the hand-to-object, hand-to-second-object,
-hand-to-goal and object-to-goal vectors, differences of state entries, as robosuite's object-state provides
-them), plus `image_<camera>` uint8 (H, W, 3) for each of `cameras`.
+Observation: `{"state": float32 (39,), "proprio": float32 (4,), "relative": float32 (12,), "state_goal_hidden":
+float32 (39,)}` (proprio = hand position and gripper opening, the first 4 state entries; relative = the
+hand-to-object, hand-to-second-object, hand-to-goal and object-to-goal vectors, differences of state entries, as
+robosuite's object-state provides them; state_goal_hidden = state with the goal zeroed, Meta-World's partially
+observable mode). Only `proprio` (and the cameras and point cloud) is what a real robot measures: the others
+are privileged (core/observability.py), plus `image_<camera>` uint8 (H, W, 3) for each of `cameras`, and `point_cloud` float32 (N, 3 or 6) when
+`point_cloud` is given (envs/pointcloud.py; `POINT_CLOUD` is DP3's setup).
 Action: float32 (4,) in [-1, 1].
 Success definition: Meta-World's `info["success"]` at any step of the episode.
 """
@@ -26,6 +29,7 @@ import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
 from envs.cameras import CameraRenderer, upside_down
+from envs.pointcloud import CropBox, PointCloudRenderer, PointCloudSpec
 
 SUCCESS_DEFINITION = 'Meta-World info["success"] == 1 at any step of the episode'
 STAGES = ("near_object", "grasp_success")
@@ -41,6 +45,12 @@ RELATIVE_DIM = 12
 POLICY_STATE_KEYS = ("state", "relative")
 """What state policies read by default (the "env" state key): with 10 demos the relative vectors lifted
 basketball from 26% to 68% and shelf-place from 30% to 68% (bench/results/recipe_sweep_relative_pilot.json)."""
+
+POINT_CLOUD = PointCloudSpec(
+    cameras=("corner2",), crop=CropBox((-0.8, 0.2, 0.005), (0.8, 1.3, 1.0)), n_points=512, image_size=128, camera_positions=((0.6, 0.295, 0.8),)
+)
+"""DP3's Meta-World cloud: corner2 moved to DP3's position nearer the table, 128 px depth, 512 points. The box keeps
+the table's workspace above its top (z > 5 mm) and drops the table, the floor and the robot's pedestal (y < 0.2)."""
 
 # Expert that ships with Meta-World and never succeeds in v3 (measured: 0/10 and more).
 BROKEN_EXPERTS = {"hand-insert-v3": "its scripted expert in metaworld 3.1 never reaches success"}
@@ -79,7 +89,14 @@ def proprio_of(state: np.ndarray) -> np.ndarray:
     return state[..., :PROPRIO_DIM].copy()
 
 
-DERIVED_KEYS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"proprio": proprio_of, "relative": relative_vectors}
+def goal_hidden(state: np.ndarray) -> np.ndarray:
+    """The (..., 39) state with the goal (36:39) zeroed: Meta-World's partially observable observation."""
+    out = state.astype(np.float32, copy=True)
+    out[..., 36:39] = 0.0
+    return out
+
+
+DERIVED_KEYS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"proprio": proprio_of, "relative": relative_vectors, "state_goal_hidden": goal_hidden}
 """Observation keys that are functions of `state` alone. The env computes them every step; training derives
 them for stores recorded without them (envs.make.derived_keys)."""
 
@@ -100,6 +117,7 @@ class MetaWorldEnv(gym.Env):
         height: int = 256,
         cameras: tuple[str, ...] = (),
         image_size: int = 84,
+        point_cloud: PointCloudSpec | None = None,
     ) -> None:
         check_task(task)
         if not 1 <= max_episode_steps <= MAX_EPISODE_STEPS:
@@ -115,16 +133,19 @@ class MetaWorldEnv(gym.Env):
         env._set_task_called = True
         env._freeze_rand_vec = False
         env.seeded_rand_vec = True  # draw initial states from env.np_random, which reset(seed) pins
-        if render_mode is not None or cameras:
+        if render_mode is not None or cameras or point_cloud is not None:
             make_fast_renderable(env.model)
         self._env = env
         self._cameras = CameraRenderer(env.model, tuple(cameras), image_size, f"metaworld/{task}") if cameras else None
+        self._points = PointCloudRenderer(env.model, point_cloud, f"metaworld/{task}") if point_cloud is not None else None
         self.observation_space = gym.spaces.Dict(
             {
                 "state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
                 "proprio": gym.spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32),
                 "relative": gym.spaces.Box(-np.inf, np.inf, (RELATIVE_DIM,), np.float32),
+                "state_goal_hidden": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
                 **(self._cameras.spaces() if self._cameras else {}),
+                **(self._points.spaces() if self._points else {}),
             }
         )
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
@@ -163,6 +184,8 @@ class MetaWorldEnv(gym.Env):
         out = {"state": state} | {key: derive(state) for key, derive in DERIVED_KEYS.items()}
         if self._cameras is not None:
             out |= self._cameras.render(self._env.data)
+        if self._points is not None:
+            out |= self._points.render(self._env.data)
         return out
 
     def render(self) -> np.ndarray | None:
@@ -174,8 +197,9 @@ class MetaWorldEnv(gym.Env):
         return np.ascontiguousarray(frame)
 
     def close(self) -> None:
-        if self._cameras is not None:
-            self._cameras.close()
+        for renderer in (self._cameras, self._points):
+            if renderer is not None:
+                renderer.close()
         self._env.close()
 
 

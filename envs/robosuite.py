@@ -8,6 +8,7 @@ Observation:
     proprio   float32 (9,)   end-effector position (3), quaternion (4), finger joint positions (2)
     state     float32 (9+k,) proprio then the task's object state (Lift: 10, PickPlaceCan: 14)
     image_<camera> uint8 (H, W, 3) for each of `cameras` (agentview, robot0_eye_in_hand, frontview, ...)
+    point_cloud    float32 (N, 3 or 6) when `point_cloud` is given (envs/pointcloud.py; `POINT_CLOUD`: agentview)
 
 Seeding: `reset(seed=s)` reseeds the env's generator, which robosuite uses for the object placement and the
 robot's initial joint noise, so episode s starts from the same state everywhere. The scene is loaded once
@@ -25,6 +26,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.cameras import CameraRenderer
+from envs.pointcloud import CropBox, PointCloudRenderer, PointCloudSpec
 
 TASKS = ("Lift", "PickPlaceCan")
 SUCCESS_DEFINITION = "robosuite env._check_success() at any step of the episode"
@@ -36,6 +38,11 @@ PROPRIO_DIM = 9
 POLICY_STATE_KEYS = ("state",)
 """What state policies read by default (the "env" state key): proprio plus the object state, which already holds
 the object-to-gripper vectors."""
+
+
+POINT_CLOUD = PointCloudSpec(cameras=("agentview",), crop=CropBox((-0.45, -0.6, 0.81), (0.5, 0.6, 1.6)), n_points=512, image_size=128)
+"""agentview depth at 128 px, 512 points; the box keeps the space above the table top (z = 0.8) and drops the
+robot's pedestal (x < -0.45), the floor and the walls."""
 
 
 def check_task(task: str) -> str:
@@ -69,6 +76,7 @@ class RobosuiteEnv(gym.Env):
         height: int = 256,
         cameras: tuple[str, ...] = (),
         image_size: int = 84,
+        point_cloud: PointCloudSpec | None = None,
     ) -> None:
         check_task(task)
         suite = import_robosuite()
@@ -93,6 +101,7 @@ class RobosuiteEnv(gym.Env):
         )
         model, self._data = self._env.sim.model._model, self._env.sim.data._data
         self._cameras = CameraRenderer(model, tuple(cameras), image_size, f"robosuite/{task}") if cameras else None
+        self._points = PointCloudRenderer(model, point_cloud, f"robosuite/{task}") if point_cloud is not None else None
         self._video = CameraRenderer(model, (camera_name,), width, f"robosuite/{task}") if render_mode else None
         self._video_key = f"image_{camera_name}"
         obs = self._env.reset()
@@ -102,6 +111,7 @@ class RobosuiteEnv(gym.Env):
                 "state": gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32),
                 "proprio": gym.spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32),
                 **(self._cameras.spaces() if self._cameras else {}),
+                **(self._points.spaces() if self._points else {}),
             }
         )
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
@@ -121,6 +131,8 @@ class RobosuiteEnv(gym.Env):
         out = {"state": state, "proprio": state[:PROPRIO_DIM].copy()}
         if self._cameras is not None:
             out |= self._cameras.render(self._data)
+        if self._points is not None:
+            out |= self._points.render(self._data)
         return out
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -151,7 +163,7 @@ class RobosuiteEnv(gym.Env):
         return self._video.render(self._data)[self._video_key]
 
     def close(self) -> None:
-        for renderer in (self._cameras, self._video):
+        for renderer in (self._cameras, self._points, self._video):
             if renderer is not None:
                 renderer.close()
         self._env.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.observability import observability
 from envs.make import env_properties, make_vector_env, policy_env_kwargs
 
 
@@ -47,6 +48,12 @@ class EvalResult:
     stages: list[str] = field(default_factory=list)
     """The sub-goals the env reports, in task order (`env_properties(env)["stages"]`, `stage/<name>` in its
     step info; e.g. Meta-World's near_object, grasp_success); empty for envs with none."""
+    task: str = ""
+    """The task part of `env` (push-v3)."""
+    obs_keys: list[str] = field(default_factory=list)
+    """The observation keys the policy read."""
+    observability: str = ""
+    """privileged, goal_hidden or sensor_only, derived from `obs_keys` (core/observability.py)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -205,6 +212,9 @@ def evaluate(
         episodes=records,
         videos=videos,
         stages=list(stages),
+        task=env_name.partition("/")[2],
+        obs_keys=list(policy.config.obs_keys),
+        observability=observability(policy.config.obs_keys),
     )
 
 

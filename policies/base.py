@@ -8,7 +8,7 @@ trains_in_phases), is written down in docs/policies.md. Every policy type regist
 `policy_type`; `policy_class` and `policy_class_for_config` look it up.
 
 Checkpoint directory (written by `save_pretrained`, read by `from_pretrained`):
-    config.json             {"policy_type": ..., "format_version": 5, "config": {every hyperparameter}}
+    config.json             {"policy_type": ..., "format_version": 6, "config": {every hyperparameter}}
     model.safetensors       the inference weights (the EMA weights when training used EMA)
     normalizer.safetensors  per-key normalization statistics and modes
 """
@@ -36,9 +36,10 @@ from core.io import (
 )
 from core.window import ObsWindow
 from data.normalize import Normalizer
+from policies.pointcloud import PointCloudEncoder
 from policies.vision import MultiCameraEncoder
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 # Version 1 predates cameras: its policies were state-only. Reading one adds exactly that, as explicit
 # fields (no cameras; the vision fields are then unused), so old checkpoints load and mean what they meant.
 V1_TO_V2_FIELDS = {
@@ -48,6 +49,11 @@ V1_TO_V2_FIELDS = {
 V2_TO_V3_FIELDS = {"task_names": []}
 # Version 5 adds the choice of camera trunk; every earlier camera policy used ResNet-18.
 V4_TO_V5_FIELDS = {"vision_encoder": "resnet18"}
+# Version 6 adds point clouds (none before) and the observability derived from the keys ("": not recorded).
+V5_TO_V6_FIELDS = {
+    "point_cloud_key": None, "point_cloud_shape": [], "point_cloud_cameras": [], "point_cloud_image_size": 0, "point_cloud_crop": [], "point_cloud_camera_positions": [],
+    "point_encoder": "dp3", "point_hidden_dims": [64, 128, 256], "point_feature_dim": 64, "observability": "",
+}
 # Later versions add fields per policy type: `Policy.fields_added` (e.g. version 4's diffusion backbones).
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -118,6 +124,8 @@ class Policy(nn.Module):
             raise ValueError(f"{type(config).__name__}.state_dims and action_dim must be set (train.py fills them from the store)")
         if config.image_keys and not config.image_shape:
             raise ValueError(f"{type(config).__name__}.image_shape must be set for image keys {config.image_keys} (train.py fills it from the store)")
+        if config.point_cloud_key and not config.point_cloud_shape:
+            raise ValueError(f"{type(config).__name__}.point_cloud_shape must be set for {config.point_cloud_key!r} (train.py fills it from the store)")
         super().__init__()
         self.config = config
         self.normalizer = normalizer
@@ -126,6 +134,11 @@ class Policy(nn.Module):
             self.vision = MultiCameraEncoder(
                 config.image_keys, tuple(config.image_shape), config.resolved_crop_shape, config.vision_keypoints, config.vision_feature_dim,
                 config.vision_encoder,
+            )
+        self.points: PointCloudEncoder | None = None
+        if config.point_cloud_key:
+            self.points = PointCloudEncoder(
+                config.point_cloud_key, tuple(config.point_cloud_shape), config.point_encoder, tuple(config.point_hidden_dims), config.point_feature_dim
             )
         self.init_episode_state()
 
@@ -188,14 +201,16 @@ class Policy(nn.Module):
         return self._action_queue.popleft()
 
     def normalize_obs(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Env-unit observations -> normalized state keys; images pass through (the encoder scales them)."""
-        return {k: self.normalizer.normalize(k, obs[k]) for k in self.config.state_keys} | {k: obs[k] for k in self.config.image_keys}
+        """Env-unit observations -> normalized state keys; images and points pass through to their encoders."""
+        return {k: self.normalizer.normalize(k, obs[k]) for k in self.config.state_keys} | {k: obs[k] for k in self.config.sensor_keys}
 
     def obs_window_features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Normalized obs window per key -> per-step features (B, n_obs_steps, obs_feature_dim): states, then cameras."""
+        """Normalized obs window per key -> per-step features (B, n_obs_steps, obs_feature_dim): states, cameras, points."""
         parts = [self.state_window(obs)] if self.config.state_keys else []
         if self.vision is not None:
             parts.append(self.vision({k: obs[k] for k in self.config.image_keys}))
+        if self.points is not None:
+            parts.append(self.points(obs))
         return torch.cat(parts, dim=-1)
 
     def state_window(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -225,6 +240,9 @@ class Policy(nn.Module):
             config.pop("vision_encoder")
         if not config.get("task_names"):  # single-task policies hash as in format 2
             config.pop("task_names", None)
+        config.pop("observability", None)  # derived from the keys: it changes nothing that is computed
+        if not config.get("point_cloud_key"):  # point-cloud fields do nothing without a point cloud: hash as in format 5
+            config = {k: v for k, v in config.items() if k not in V5_TO_V6_FIELDS}
         for fields in self.fields_added.values():  # fields at their pre-existing behaviour hash as before they existed
             config = {k: v for k, v in config.items() if not (k in fields and v == fields[k])}
         digest = hashlib.sha256(json.dumps([self.policy_type, config], sort_keys=True).encode())
@@ -282,6 +300,7 @@ class Policy(nn.Module):
             raise CheckpointError(f"{path}: {e.args[0]}") from None
         if version < FORMAT_VERSION and isinstance(payload["config"], dict):
             older = (V1_TO_V2_FIELDS if version == 1 else {}) | (V2_TO_V3_FIELDS if version <= 2 else {}) | (V4_TO_V5_FIELDS if version <= 4 else {})
+            older |= V5_TO_V6_FIELDS if version <= 5 else {}
             for added_in, fields in cls.fields_added.items():
                 older |= fields if version < added_in else {}
             payload["config"] = older | payload["config"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.observability import check_declared
+
 TASK_KEY = "task"
 """State key of the task one-hot in multi-task stores and observations."""
 ENV_STATE_KEY = "env"
@@ -46,6 +48,30 @@ class PolicyIOConfig:
     """Local ResNet-18 weights (.pth state dict or .safetensors) to start from; None trains from scratch.
     Read once when training starts; checkpoints carry the trained weights."""
 
+    # --- point cloud (None: no point cloud) ---
+    point_cloud_key: str | None = None
+    """Point-cloud key in the store and in env observations, float32 (N, 3) XYZ or (N, 6) XYZ + RGB per step."""
+    point_cloud_shape: tuple[int, ...] = ()
+    """(N, 3) or (N, 6) (train.py fills it from the store)."""
+    point_cloud_cameras: tuple[str, ...] = ()
+    """Cameras the cloud was rendered from (train.py copies them from the store, so eval.py renders the same cloud)."""
+    point_cloud_image_size: int = 0
+    """Depth-render side in pixels per camera (train.py copies it from the store)."""
+    point_cloud_crop: tuple[float, ...] = ()
+    """World-frame crop box, low xyz then high xyz (train.py copies it from the store)."""
+    point_cloud_camera_positions: tuple[float, ...] = ()
+    """Camera positions the cloud was rendered from, xyz per camera (empty: the model's; copied from the store)."""
+    point_encoder: str = "dp3"
+    """Point-cloud encoder (policies/pointcloud.py): dp3 (DP3's per-point MLP, max-pool, LayerNorm)."""
+    point_hidden_dims: tuple[int, ...] = (64, 128, 256)
+    """Per-point MLP widths of the point encoder."""
+    point_feature_dim: int = 64
+    """Features per step from the point cloud."""
+
+    observability: str = ""
+    """privileged, goal_hidden or sensor_only (core/observability.py): derived from the keys and stored by
+    train.py. A preset may declare the class it intends; a config whose keys give another class is refused."""
+
     # --- multi-task (empty: a single-task policy) ---
     task_names: tuple[str, ...] = ()
     """Envs of a multi-task policy, in task-id order. Its state keys then include `task`, the one-hot of the
@@ -54,8 +80,8 @@ class PolicyIOConfig:
     def __post_init__(self) -> None:
         if len(self.state_dims) not in (0, len(self.state_keys)):
             raise ValueError(f"state_dims {self.state_dims} must give one size per state key {self.state_keys}")
-        if not self.state_keys and not self.image_keys:
-            raise ValueError("a policy needs at least one state key or image key")
+        if not self.state_keys and not self.image_keys and not self.point_cloud_key:
+            raise ValueError("a policy needs at least one state, image or point-cloud key")
         if self.image_shape and (len(self.image_shape) != 3 or self.image_shape[2] != 3):
             raise ValueError(f"image_shape {self.image_shape} must be (H, W, 3)")
         from policies.vision import VISION_ENCODERS
@@ -66,6 +92,15 @@ class PolicyIOConfig:
             raise ValueError(f"crop_shape {self.crop_shape} must be (h, w)")
         if self.crop_shape and self.image_shape and any(c > s for c, s in zip(self.crop_shape, self.image_shape)):
             raise ValueError(f"crop_shape {self.crop_shape} is larger than image_shape {self.image_shape}")
+        from policies.pointcloud import POINT_ENCODERS
+
+        if self.point_encoder not in POINT_ENCODERS:
+            raise ValueError(f"unknown point_encoder {self.point_encoder!r}; valid: {list(POINT_ENCODERS)}")
+        if self.point_cloud_shape and (len(self.point_cloud_shape) != 2 or self.point_cloud_shape[1] not in (3, 6)):
+            raise ValueError(f"point_cloud_shape {self.point_cloud_shape} must be (N, 3) or (N, 6)")
+        if self.point_cloud_crop and len(self.point_cloud_crop) != 6:
+            raise ValueError(f"point_cloud_crop {self.point_cloud_crop} must be 6 numbers: low xyz, then high xyz")
+        check_declared(self.observability, self.obs_keys, type(self).__name__)
         if self.task_names and TASK_KEY not in self.state_keys:
             raise ValueError(f"task_names {self.task_names} need the state key {TASK_KEY!r} (the task one-hot); state_keys are {self.state_keys}")
 
@@ -75,8 +110,13 @@ class PolicyIOConfig:
 
     @property
     def obs_keys(self) -> tuple[str, ...]:
-        """Every observation key the policy reads: state keys, then image keys."""
-        return (*self.state_keys, *self.image_keys)
+        """Every observation key the policy reads: state keys, then image keys, then the point cloud."""
+        return (*self.state_keys, *self.image_keys, *((self.point_cloud_key,) if self.point_cloud_key else ()))
+
+    @property
+    def sensor_keys(self) -> tuple[str, ...]:
+        """Keys that enter unnormalized, through an encoder: image keys, then the point cloud."""
+        return (*self.image_keys, *((self.point_cloud_key,) if self.point_cloud_key else ()))
 
     @property
     def resolved_crop_shape(self) -> tuple[int, int]:
@@ -86,8 +126,8 @@ class PolicyIOConfig:
 
     @property
     def obs_feature_dim(self) -> int:
-        """Features per observation step: the state vector plus `vision_feature_dim` per camera."""
-        return self.state_dim + len(self.image_keys) * self.vision_feature_dim
+        """Features per observation step: the state vector, `vision_feature_dim` per camera, the point features."""
+        return self.state_dim + len(self.image_keys) * self.vision_feature_dim + (self.point_feature_dim if self.point_cloud_key else 0)
 
     def normalization_modes(self) -> dict[str, str]:
         return {k: self.state_norm for k in self.state_keys} | {self.action_key: self.action_norm}
@@ -98,9 +138,11 @@ WRAPPED_BASE_FIELDS = ("state_keys", "state_dims", "action_key", "action_dim", "
 
 
 def require_state_only(config: object, what: str) -> None:
-    """RL wrappers read flat state features; refuse image bases with a clear message."""
+    """RL wrappers read flat state features; refuse camera and point-cloud bases with a clear message."""
     if getattr(config, "image_keys", ()):
         raise ValueError(f"{what} supports state-only base policies; this base reads cameras {config.image_keys}")
+    if getattr(config, "point_cloud_key", None):
+        raise ValueError(f"{what} supports state-only base policies; this base reads the point cloud {config.point_cloud_key!r}")
 
 
 def base_fields(base_config: object) -> dict:

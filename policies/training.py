@@ -197,6 +197,24 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
         "--policy.backbone unet --policy.objective ddpm --policy.inference-scheduler ddim --policy.num-inference-steps 10.",
         TrainConfig(policy=replace(FAST_DP, state_keys=("proprio",), image_keys=("image_corner2",), vision_encoder="conv"), batch_size=64, steps=6000),
     ),
+    "pointcloud": (
+        "Sensor-only point-cloud Diffusion Policy (DP3's inputs): the suite's point cloud (Meta-World: corner2 depth, 512 "
+        "points) plus proprio, DP3 point encoder, MLP denoiser, flow matching, 3 Euler steps.",
+        TrainConfig(
+            policy=replace(FAST_DP, state_keys=("proprio",), point_cloud_key="point_cloud", observability="sensor_only"),
+            n_demos=10, batch_size=64, steps=3000,
+        ),
+    ),
+    "pointcloud-tiny": (
+        "Seconds-long point-cloud smoke run: 2 demos with a 512-point cloud, a small encoder and MLP, 4 steps.",
+        TrainConfig(
+            **SMOKE,
+            policy=replace(
+                FAST_DP, state_keys=("proprio",), point_cloud_key="point_cloud", observability="sensor_only", point_hidden_dims=(16, 32),
+                point_feature_dim=16, mlp_hidden_dim=32, mlp_blocks=2, diffusion_step_embed_dim=16, horizon=8, n_action_steps=4,
+            ),
+        ),
+    ),
     "image-tiny": (
         "Seconds-long image smoke run: one 40x40 camera, a small UNet, 4 steps, one loader worker.",
         TrainConfig(
@@ -279,10 +297,10 @@ def train(cfg: TrainConfig) -> dict:
     run_dir = cfg.resolved_run_dir()
     if main_rank:
         prepare_run_dir(run_dir, config_to_dict(cfg), cfg.resume, RESUMABLE_CHANGES)
-        demo_stores(cfg.dataset, run_dir, cfg.env, cfg.n_demos, cfg.policy.image_keys, cfg.image_size, cfg.resume)
+        demo_stores(cfg.dataset, run_dir, cfg.env, cfg.n_demos, cfg.policy.image_keys, cfg.image_size, cfg.resume, bool(cfg.policy.point_cloud_key))
     dist_info.barrier()  # the run dir and the demos exist before the other ranks read them
 
-    store_paths = demo_stores(cfg.dataset, run_dir, cfg.env, cfg.n_demos, cfg.policy.image_keys, cfg.image_size, cfg.resume)
+    store_paths = demo_stores(cfg.dataset, run_dir, cfg.env, cfg.n_demos, cfg.policy.image_keys, cfg.image_size, cfg.resume, bool(cfg.policy.point_cloud_key))
     if cfg.data_ram_gb is not None:
         limit_malloc_arenas()  # before the first store scan; see data/stream.py
     data = load_datasets(store_paths, cfg.policy, load_vectors=cfg.data_ram_gb is None)

@@ -145,3 +145,23 @@ def dsrl_checkpoint(tmp_path_factory, tiny_dp_checkpoint) -> Path:
     path = tmp_path_factory.mktemp("dsrl") / "ckpt"
     policy.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def point_cloud_demos(tmp_path_factory) -> Path:
+    """Two real scripted push-v3 demos with Meta-World's point cloud (DP3's corner2 setup, 512 points)."""
+    from data.collect import CollectConfig, collect
+
+    path = tmp_path_factory.mktemp("pc_demos") / "push_pc.zarr"
+    collect(CollectConfig(env="metaworld/push-v3", episodes=2, out=path, point_cloud=True), progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pointcloud_checkpoint(tmp_path_factory, point_cloud_demos) -> Path:
+    """A tiny sensor-only point-cloud Diffusion Policy (proprio + point cloud, 2 training steps)."""
+    import train
+
+    run_dir = tmp_path_factory.mktemp("tiny_pc") / "run"
+    train.main(["pointcloud-tiny", "--env", "metaworld/push-v3", "--run-dir", str(run_dir), "--dataset", str(point_cloud_demos), "--steps", "2", "--eval-episodes", "0"])
+    return (run_dir / "checkpoints" / "last").resolve()

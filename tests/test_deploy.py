@@ -17,6 +17,7 @@ import torch
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from bench.deploy import hostile_client, malformed_messages
 from deploy import wire
 from deploy.client import PolicyClient, PolicyServerError
 from deploy.executor import (
@@ -32,6 +33,7 @@ from deploy.server import (
     ServerOptions,
     ServerThread,
     load_for_serving,
+    request_limit_bytes,
 )
 from policies.base import Policy
 from policies.diffusion.compile import compile_sampling
@@ -40,7 +42,7 @@ from policies.diffusion.compile import compile_sampling
 @pytest.fixture(scope="module")
 def served(tiny_dp_checkpoint):
     policy, metadata = load_for_serving(tiny_dp_checkpoint)
-    with ServerThread(PolicyServer(policy, metadata, ServerOptions(port=0, max_message_bytes=1 << 20))) as running:
+    with ServerThread(PolicyServer(policy, metadata, ServerOptions(port=0))) as running:  # the derived frame limit
         yield running
 
 
@@ -130,30 +132,6 @@ def test_wrong_token_is_refused(tiny_dp_checkpoint):
         assert WebsocketClientPolicy("127.0.0.1", running.port, api_key="s3cret").infer(state_obs(0))["actions"].shape[1] == 4
 
 
-def malformed_messages(rng: random.Random, n: int):
-    """Wrong types, shapes, dtypes, missing keys, bad arrays, truncated frames and random bytes."""
-    good = wire.pack(state_obs(0))
-    cases = [
-        lambda: wire.pack({"state": np.zeros(rng.choice([0, 1, 38, 40, 78]), np.float32)}),  # 39 is the valid size
-        lambda: wire.pack({"state": np.zeros((rng.choice([1, 3, 4]), 39), np.float32)}),  # 2 steps is the valid window
-        lambda: wire.pack({"state": np.zeros(39, bool)}),
-        lambda: wire.pack({"state": np.full(39, np.nan, np.float32)}),
-        lambda: wire.pack({"stat": np.zeros(39, np.float32)}),
-        lambda: wire.pack({"state": [0.0] * 39}),
-        lambda: wire.pack({"state": "zeros"}),
-        lambda: wire.pack([1, 2, 3]),
-        lambda: wire.pack({"state": np.zeros(39, np.float32), "noise_seed": -rng.randint(1, 9)}),
-        lambda: msgpack.packb({"state": {b"__ndarray__": True, b"data": b"\0" * rng.choice([0, 4, 155, 157, 312]), b"dtype": "<f4", b"shape": [39]}}),
-        lambda: msgpack.packb({"state": {b"__ndarray__": True, b"data": b"\0" * 8, b"dtype": rng.choice(["|O", "<U2", "zz", 5]), b"shape": [2]}}),
-        lambda: msgpack.packb({"state": {b"__ndarray__": True, b"data": b"\0" * 4, b"dtype": "<f4", b"shape": [-1]}}),
-        lambda: good[: rng.randint(0, len(good) - 1)],
-        lambda: bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64))),
-        lambda: "a text frame",
-    ]
-    for i in range(n):
-        yield cases[i % len(cases)]()
-
-
 def test_server_survives_10k_malformed_messages_with_structured_errors(served):
     rng = random.Random(0)
     messages = list(malformed_messages(rng, 10_000))
@@ -179,6 +157,33 @@ def test_server_survives_10k_malformed_messages_with_structured_errors(served):
         assert closed.value.rcvd.code == 1009
     with PolicyClient(served.uri) as client:
         assert client.infer(state_obs(0))["actions"].shape[1] == 4
+
+
+def test_frame_limit_follows_the_policy_and_storms_of_large_frames_leave_the_server_answering(served):
+    """The default limit is the largest valid request (every key as a full window) plus slack: a valid window
+    with small extra fields is answered, 8 MB under an extra key and 20 MiB frames are refused before they are
+    read. After storms of them the server answers exactly as before (RSS figures: bench.deploy --parts soak)."""
+    limit = served.server.max_message_bytes
+    assert limit == request_limit_bytes(served.server.runner.spec, 2) < 1 << 20
+    window = {**state_obs(5, steps=2), "noise_seed": 11}
+    with PolicyClient(served.uri) as client:
+        assert client.metadata["max_message_bytes"] == limit
+        before = client.infer(window)["actions"]
+        assert client.infer({**window, "state": window["state"].astype(np.float64), "prompt": "pick", "timestamp": 1.0})["actions"].shape == before.shape
+    for storm in range(2):
+        counts = hostile_client(served.uri, 60, large_every=10, seed=storm)
+        assert counts == {"error_reply": 48, "answered": 0, "closed": 12}, counts  # 6 frames of 20 MiB, 6 of 8 MB
+    with PolicyClient(served.uri) as client:
+        np.testing.assert_array_equal(client.infer(window)["actions"], before)  # same machine, same run: exact
+
+
+def test_pin_mmap_threshold_on_glibc():
+    """In a subprocess: pinning is process-wide, and the test process should keep glibc's default."""
+    import platform
+
+    code = "from deploy.server import pin_mmap_threshold; print(pin_mmap_threshold())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[-1]
+    assert out == str(platform.libc_ver()[0] == "glibc")
 
 
 def test_clear_error_codes(served):

@@ -176,7 +176,7 @@ def test_format_1_checkpoints_load_as_state_only_with_the_same_fingerprint(tmp_p
     assert loaded.fingerprint() == policy.fingerprint()  # RL wrappers saved against format-1 bases still load
     payload["format_version"] = 7
     (old / "config.json").write_text(json.dumps(payload))
-    with pytest.raises(Exception, match="format_version 7, this code reads 1 to 5"):
+    with pytest.raises(Exception, match="format_version 7, this code reads 1 to 6"):
         Policy.from_pretrained(old)
 
 

@@ -64,10 +64,10 @@ class Served:
         pass
 
 
-@pytest.mark.parametrize("which", ["diffusion", "vqbet", "dsrl", "residual"])
+@pytest.mark.parametrize("which", ["diffusion", "vqbet", "dsrl", "residual", "pointcloud"])
 def test_served_actions_and_success_equal_the_evaluated_ones(which, request):
     checkpoint = request.getfixturevalue({"diffusion": "tiny_dp_checkpoint", "vqbet": "vqbet_tiny_checkpoint", "dsrl": "dsrl_checkpoint",
-                                          "residual": "residual_checkpoint"}[which])
+                                          "residual": "residual_checkpoint", "pointcloud": "tiny_pointcloud_checkpoint"}[which])
     from core.checkpoint import resolve_checkpoint
 
     evaluated = Policy.from_pretrained(resolve_checkpoint(checkpoint))

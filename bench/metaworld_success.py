@@ -90,6 +90,9 @@ class Args:
     max_episode_steps: int = 200
     """Evaluation episode limit (DP3's 200; Meta-World's own is 500)."""
     seed: int = 0
+    num_threads: int | None = None
+    """torch threads for training and evaluation (1 when another job shares the 2 cores: OpenMP threads that wait
+    for a descheduled partner spin, and that spinning would count as CPU-minutes)."""
     runs: Path = Path("bench_runs")
     results_dir: Path = Path("bench/results/metaworld")
     """One JSON per finished (recipe, task), committed as it lands; the resume record."""
@@ -137,7 +140,7 @@ def demo_store(args: Args, recipe: Recipe, task: str) -> tuple[Path, float]:
 def train_config(args: Args, recipe_name: str, task: str, demos: Path) -> TrainConfig:
     recipe = RECIPES[recipe_name]
     base = with_env_state_keys(dataclasses.replace(PRESETS[recipe.preset][1], env=f"metaworld/{task}"))
-    cfg = dataclasses.replace(base, dataset=(demos,), steps=args.steps or base.steps, eval_episodes=0, seed=args.seed, image_size=84)
+    cfg = dataclasses.replace(base, dataset=(demos,), steps=args.steps or base.steps, eval_episodes=0, seed=args.seed, image_size=84, num_threads=args.num_threads)
     return with_run_dir(cfg, args.runs, f"{task}-{recipe_name}-{args.n_demos}demos-{cfg.steps}steps-seed{args.seed}")
 
 
@@ -222,6 +225,10 @@ def split_means(rows: list[dict]) -> dict[str, dict[str, Any]]:
 def main() -> None:
     args = tyro.cli(Args)
     require_known(args.recipes, RECIPES, "recipe")
+    if args.num_threads:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
     tasks = expand_tasks(args.tasks)
     rows = []
     for recipe in args.recipes:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import tyro
 
+import policies  # noqa: F401  (before any EGL context: importing torchvision's ops after one segfaulted in triton's import)
 from bench.common import print_table, write_results
 
 
@@ -125,7 +126,7 @@ def chunk_parts(args: Args) -> list[dict]:
         hidden = tuple(int(x) for x in name.split("-"))
         policy, obs, _ = policy_variant(hidden, 1)
         policy.eval()
-        compiled, _ = policy_variant(hidden, 1)
+        compiled, _, _ = policy_variant(hidden, 1)
         compiled.load_state_dict(policy.state_dict())
         compiled.eval()
         compile_sampling(compiled)

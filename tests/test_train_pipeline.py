@@ -218,5 +218,5 @@ def test_relative_vectors_train_and_old_stores_derive_them(tmp_path, push_demos)
     assert losses(tmp_path / "old") == losses(tmp_path / "rel")  # derived from 'state' = what the env recorded
     with pytest.raises(SystemExit, match=r"keys \['relative'\] are not stored; training derives them from \['state'\] in RAM, but streaming"):
         run_train(tmp_path / "stream", old, "--policy.state-keys", "state", "relative", "--data-ram-gb", "1")
-    with pytest.raises(SystemExit, match=r"policy needs keys \['bogus'\], store has \['action', 'proprio', 'state'\]"):
+    with pytest.raises(SystemExit, match=r"policy needs keys \['bogus'\], store has \['action', 'proprio', 'state', 'state_goal_hidden'\]"):
         run_train(tmp_path / "bogus", old, "--policy.state-keys", "state", "bogus")

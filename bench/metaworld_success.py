@@ -99,6 +99,8 @@ class Args:
     """One JSON per finished (recipe, task), committed as it lands; the resume record."""
     out: Path | None = None
     """The assembled table (every finished task of the asked recipes and tasks)."""
+    report_only: bool = False
+    """Run nothing: assemble --out and print the markdown table from the finished result files."""
 
 
 def split_of(task: str) -> str:
@@ -223,6 +225,21 @@ def split_means(rows: list[dict]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def markdown(rows: list[dict], means: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The README's table: one line per (recipe, task) beside DP3 and image DP, then the split means."""
+    lines = ["| recipe | task | split | observability (keys) | success % (95% CI) | DP3 | image DP | train + eval CPU-min |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["recipe"], SPLIT_NAMES.index(r["split"]), r["task"])):
+        ci = f"{100 * r['ci95'][0]:.0f}–{100 * r['ci95'][1]:.0f}"
+        cpu = f"{r['train_cpu_minutes']:.1f} + {r['eval_cpu_minutes']:.1f} = {r['total_cpu_minutes']:.1f}" if "total_cpu_minutes" in r else "no demos"
+        lines.append(f"| {r['recipe']} | {r['task']} | {r['split']} | {r['observability']} ({' + '.join(r['obs_keys'])}) | {100 * r['success_rate']:.0f} ({ci}) "
+                     f"| {r['dp3']:.0f} | {r['diffusion_policy_image']:.0f} | {cpu} |")
+    lines += ["", "| recipe | split | tasks run | ours | DP3, same tasks | image DP, same tasks | DP3, all tasks of the split |", "|---|---|---|---|---|---|---|"]
+    for recipe, by_split in means.items():
+        for split, m in by_split.items():
+            lines.append(f"| {recipe} | {split} | {m['n_tasks']} of {m['of']} | {m['ours']:.1f} | {m['dp3_same_tasks']:.1f} | {m['diffusion_policy_image_same_tasks']:.1f} | {PUBLISHED['dp3'][split]:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     args = tyro.cli(Args)
     require_known(args.recipes, RECIPES, "recipe")
@@ -234,6 +251,11 @@ def main() -> None:
     rows = []
     for recipe in args.recipes:
         for task in tasks:
+            if args.report_only:
+                path = args.results_dir / recipe / f"{task}.json"
+                if path.exists() and (done := json.loads(path.read_text())).get("spec") == spec(args, recipe, task):
+                    rows.append(done)
+                continue
             rows.append(run_task(args, recipe, task))
             r = rows[-1]
             print(f"{recipe} {task}: {100 * r['success_rate']:.0f}% (DP3 {r['dp3']:.0f}, image DP {r['diffusion_policy_image']:.0f}), "
@@ -244,6 +266,7 @@ def main() -> None:
         print(f"\n{recipe} split means (%), ours / DP3 / image DP on the same tasks:")
         for split, m in by_split.items():
             print(f"  {split:>9}: {m['ours']:.1f} / {m['dp3_same_tasks']:.1f} / {m['diffusion_policy_image_same_tasks']:.1f}  ({m['n_tasks']} of {m['of']} tasks)")
+    print("\n" + markdown(rows, means))
     write_results(
         args.out, "metaworld_success",
         f"{args.n_demos} scripted demos/task (seeds 0+), train.py presets per recipe, FINAL EMA checkpoint (DP3: mean of top-5 eval checkpoints), "

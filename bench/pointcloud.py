@@ -10,7 +10,8 @@ per-cloud parts, 2 for training):
 - render: one `point_cloud` observation split into depth render, unprojection + crop, and sampling.
 - chunk: batch-1 action chunk of a `pointcloud`-preset policy (encoder + 3 Euler steps), eager and compiled
   (TorchScript sampling loop), and the same for each point encoder variant; target <= 5 ms p50.
-- train: CPU-ms per training step at the preset's batch, per encoder variant (what bounds success per CPU-minute).
+- train: CPU-ms per training step (process CPU time), the preset's batch of 16 x 4 noise draws and 64 x 1, per
+  encoder variant (what bounds success per CPU-minute).
 """
 
 from __future__ import annotations
@@ -102,16 +103,18 @@ def cloud_parts(args: Args) -> list[dict]:
     return rows
 
 
-def policy_variant(hidden: tuple[int, ...], batch: int):
+def policy_variant(hidden: tuple[int, ...], batch: int, level2: int | None = None):
+    """The `pointcloud` preset's policy (untrained) with `hidden` encoder widths, and a batch of `batch` windows."""
     from data.normalize import Normalizer
+    from policies.base import make_policy
     from policies.training import PRESETS
 
-    cfg = dataclasses.replace(PRESETS["pointcloud"][1].policy, state_dims=(4,), action_dim=4, point_cloud_shape=(512, 3), point_hidden_dims=hidden,
-                              point_cloud_cameras=("corner2",), point_cloud_image_size=128, point_cloud_crop=(0, 0, 0, 1, 1, 1))
+    preset = PRESETS["pointcloud"][1].policy
+    cfg = dataclasses.replace(preset, state_dims=(4,), action_dim=4, point_cloud_shape=(512, 3), point_hidden_dims=hidden,
+                              point_cloud_cameras=("corner2",), point_cloud_image_size=128, point_cloud_crop=(0, 0, 0, 1, 1, 1),
+                              level2_samples=preset.level2_samples if level2 is None else level2)
     rng = np.random.default_rng(0)
     normalizer = Normalizer.fit({"proprio": rng.normal(size=(100, 4)), "action": rng.uniform(-1, 1, (100, 4))}, cfg.normalization_modes())
-    from policies.base import make_policy
-
     policy = make_policy(cfg, normalizer)
     obs = {"proprio": torch.randn(batch, cfg.n_obs_steps, 4), "point_cloud": torch.rand(batch, cfg.n_obs_steps, 512, 3)}
     return policy, obs, cfg
@@ -133,33 +136,60 @@ def chunk_parts(args: Args) -> list[dict]:
         fns[f"encoder {name}, eager"] = lambda p=policy, o=obs: p.predict_action_chunk(o)
         fns[f"encoder {name}, compiled"] = lambda p=compiled, o=obs: p.predict_action_chunk(o)
         params[name] = sum(p.numel() for p in policy.points.parameters())
+    state, state_obs = state_reference()
+    compile_sampling(state)
+    fns["state `default` preset (reference, no encoder), compiled"] = lambda: state.predict_action_chunk(state_obs)
+    params["state"] = 0
     with torch.no_grad():
         times = interleaved(fns, args.repeats * 3)
-    return [stats(k, "chunk", v, threads=1, encoder_params=params[k.split(",")[0].removeprefix("encoder ")], target_ms=5.0) for k, v in times.items()]
+    return [stats(k, "chunk", v, threads=1, encoder_params=params.get(k.split(",")[0].removeprefix("encoder "), 0), target_ms=5.0) for k, v in times.items()]
+
+
+def state_reference():
+    """The `default` preset's policy on Meta-World's 39-D state + 12-D relative vectors, untrained."""
+    from data.normalize import Normalizer
+    from policies.base import make_policy
+    from policies.training import PRESETS
+
+    cfg = dataclasses.replace(PRESETS["default"][1].policy, state_keys=("state", "relative"), state_dims=(39, 12), action_dim=4)
+    rng = np.random.default_rng(0)
+    data = {"state": rng.normal(size=(100, 39)), "relative": rng.normal(size=(100, 12)), "action": rng.uniform(-1, 1, (100, 4))}
+    policy = make_policy(cfg, Normalizer.fit(data, cfg.normalization_modes())).eval()
+    return policy, {"state": torch.randn(1, cfg.n_obs_steps, 39), "relative": torch.randn(1, cfg.n_obs_steps, 12)}
 
 
 def train_parts(args: Args) -> list[dict]:
+    """CPU-ms per optimizer step (process CPU time, 2 threads): the preset (batch 16 x 4 noise draws) per encoder, and
+    batch 64 x 1 for reference."""
     from policies.training import PRESETS
 
     torch.set_num_threads(2)
-    batch = PRESETS["pointcloud"][1].batch_size
+    preset = PRESETS["pointcloud"][1]
     fns = {}
     for name in args.encoders:
         hidden = tuple(int(x) for x in name.split("-"))
-        policy, obs, cfg = policy_variant(hidden, batch)
-        policy.train()
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
-        batch_data = {**obs, "action": torch.rand(batch, cfg.horizon, 4) * 2 - 1, "action_is_pad": torch.zeros(batch, cfg.horizon, dtype=torch.bool)}
+        for batch, level2 in ((preset.batch_size, preset.policy.level2_samples), (64, 1)):
+            policy, obs, cfg = policy_variant(hidden, batch, level2)
+            policy.train()
+            optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+            batch_data = {**obs, "action": torch.rand(batch, cfg.horizon, 4) * 2 - 1, "action_is_pad": torch.zeros(batch, cfg.horizon, dtype=torch.bool)}
 
-        def step(p=policy, opt=optimizer, b=batch_data) -> None:
-            loss, _ = p(b)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            def step(p=policy, opt=optimizer, b=batch_data) -> None:
+                loss, _ = p(b)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
 
-        fns[f"encoder {name}, batch {batch}"] = step
-    times = interleaved(fns, max(5, args.repeats // 3))
-    return [stats(k, "train", v, threads=2) for k, v in times.items()]
+            fns[f"encoder {name}, batch {batch} x {level2} noise draws"] = step
+    times = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(max(5, args.repeats // 3)):
+        for name, fn in fns.items():
+            start = time.process_time()
+            fn()
+            times[name].append(1000 * (time.process_time() - start))
+    return [stats(k, "train", v, threads=2, unit="CPU-ms per step") for k, v in times.items()]
 
 
 def main() -> None:

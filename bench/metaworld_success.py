@@ -50,6 +50,9 @@ from bench.common import (
     write_results,
 )
 from core.io import atomic_write_json
+from data.collect import CollectionError
+from envs.rollout import failure_stages
+from policies.base import policy_class_for_config
 from policies.training import PRESETS, TrainConfig, with_env_state_keys
 
 ANCHORS = Path(__file__).parent / "anchors" / "dp3_metaworld.json"
@@ -140,19 +143,21 @@ def demo_store(args: Args, recipe: Recipe, task: str) -> tuple[Path, float]:
     return path, json.loads(record.read_text())["cpu_minutes"] if record.exists() else float("nan")
 
 
+def recipe_config(args: Args, recipe_name: str, task: str) -> TrainConfig:
+    """The recipe's preset for `task` as this bench trains it (no dataset or run dir yet)."""
+    base = with_env_state_keys(dataclasses.replace(PRESETS[RECIPES[recipe_name].preset][1], env=f"metaworld/{task}"))
+    return dataclasses.replace(base, steps=args.steps or base.steps, eval_episodes=0, seed=args.seed, image_size=84, num_threads=args.num_threads)
+
+
 def train_config(args: Args, recipe_name: str, task: str, demos: Path) -> TrainConfig:
-    recipe = RECIPES[recipe_name]
-    base = with_env_state_keys(dataclasses.replace(PRESETS[recipe.preset][1], env=f"metaworld/{task}"))
-    cfg = dataclasses.replace(base, dataset=(demos,), steps=args.steps or base.steps, eval_episodes=0, seed=args.seed, image_size=84, num_threads=args.num_threads)
+    cfg = dataclasses.replace(recipe_config(args, recipe_name, task), dataset=(demos,))
     return with_run_dir(cfg, args.runs, f"{task}-{recipe_name}-{args.n_demos}demos-{cfg.steps}steps-seed{args.seed}")
 
 
 def spec(args: Args, recipe_name: str, task: str) -> dict[str, Any]:
     """What defines a (recipe, task) result; a result file with another spec is rerun."""
-    cfg = with_env_state_keys(dataclasses.replace(PRESETS[RECIPES[recipe_name].preset][1], env=f"metaworld/{task}"))
-    cfg = dataclasses.replace(cfg, steps=args.steps or cfg.steps, eval_episodes=0, seed=args.seed, image_size=84)
     return {"recipe": recipe_name, "preset": RECIPES[recipe_name].preset, "task": task, "n_demos": args.n_demos, "episodes": args.episodes,
-            "max_episode_steps": args.max_episode_steps, "seed": args.seed, "train_config_hash": config_hash(cfg)}
+            "max_episode_steps": args.max_episode_steps, "seed": args.seed, "train_config_hash": config_hash(recipe_config(args, recipe_name, task))}
 
 
 def anchors(task: str) -> dict[str, float]:
@@ -171,16 +176,10 @@ def run_task(args: Args, recipe_name: str, task: str) -> dict:
     row: dict[str, Any] = {"recipe": recipe_name, "task": task, "split": split_of(task), **anchors(task), "spec": want}
     try:
         demos, demo_cpu = demo_store(args, recipe, task)
-    except Exception as e:  # the expert fails: no demos, 0% (DP3's table has the task, so ours must too)
-        from data.collect import CollectionError
-
-        if not isinstance(e, CollectionError):
-            raise
-        from policies.base import policy_class_for_config
-
-        keys = list(with_env_state_keys(dataclasses.replace(PRESETS[recipe.preset][1], env=f"metaworld/{task}")).policy.obs_keys)
-        row |= {"success_rate": 0.0, "n_episodes": 0, "ci95": [0.0, 0.0], "obs_keys": keys, "no_demos": str(e),
-                "policy": policy_class_for_config(PRESETS[recipe.preset][1].policy).policy_type}
+    except CollectionError as e:  # the expert fails: no demos, 0% (DP3's table has the task, so ours must too)
+        policy_cfg = recipe_config(args, recipe_name, task).policy
+        row |= {"success_rate": 0.0, "n_episodes": 0, "ci95": [0.0, 0.0], "obs_keys": list(policy_cfg.obs_keys), "no_demos": str(e),
+                "policy": policy_class_for_config(policy_cfg).policy_type}
     else:
         cfg = train_config(args, recipe_name, task, demos)
         train_min = train_measured(cfg)
@@ -190,7 +189,7 @@ def run_task(args: Args, recipe_name: str, task: str) -> dict:
             "success_rate": ev["success_rate"], "n_episodes": ev["n_episodes"], "ci95": [round(c, 3) for c in ev["ci95"]],
             "obs_keys": ev["obs_keys"], "max_episode_steps": ev["max_episode_steps"], "train_steps": cfg.steps,
             **cpu_minutes(train_min, ev), "demo_cpu_minutes": round(demo_cpu, 2), "run_dir": str(cfg.run_dir),
-            "failure_stages": _failures(ev),
+            "failure_stages": failure_stages([(e["success"], e["stages_reached"]) for e in ev["episodes"]], ev["stages"]),
         }
     from core.observability import observability
 
@@ -198,16 +197,6 @@ def run_task(args: Args, recipe_name: str, task: str) -> dict:
             "wall_minutes": round((time.time() - started) / 60, 1)}
     atomic_write_json(path, row)
     return row
-
-
-def _failures(ev: dict) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for e in ev["episodes"]:
-        if not e["success"]:
-            missed = next((s for s in ev["stages"] if s not in e["stages_reached"]), None)
-            key = f"never {missed}" if missed else "all stages reached"
-            counts[key] = counts.get(key, 0) + 1
-    return counts
 
 
 def split_means(rows: list[dict]) -> dict[str, dict[str, Any]]:

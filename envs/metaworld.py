@@ -10,9 +10,9 @@ Observation: `{"state": float32 (39,), "proprio": float32 (4,), "relative": floa
 float32 (39,)}` (proprio = hand position and gripper opening, the first 4 state entries; relative = the
 hand-to-object, hand-to-second-object, hand-to-goal and object-to-goal vectors, differences of state entries, as
 robosuite's object-state provides them; state_goal_hidden = state with the goal zeroed, Meta-World's partially
-observable mode). Only `proprio` (and the cameras and point cloud) is what a real robot measures: the others
-are privileged (core/observability.py), plus `image_<camera>` uint8 (H, W, 3) for each of `cameras`, and `point_cloud` float32 (N, 3 or 6) when
-`point_cloud` is given (envs/pointcloud.py; `POINT_CLOUD` is DP3's setup).
+observable mode), plus `image_<camera>` uint8 (H, W, 3) for each of `cameras`, and `point_cloud` float32 (N, 3 or
+6) when `point_cloud` is given (envs/pointcloud.py; `POINT_CLOUD` is DP3's setup). Only `proprio`, the cameras and
+the point cloud are what a real robot measures; the other keys are privileged (core/observability.py).
 Action: float32 (4,) in [-1, 1].
 Success definition: Meta-World's `info["success"]` at any step of the episode.
 """

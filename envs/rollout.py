@@ -34,6 +34,19 @@ class EpisodeRecord:
     """The smallest object-to-goal distance of the episode, where the env reports `obj_to_target`."""
 
 
+def failure_stages(episodes: list[tuple[bool, list[str]]], stages: list[str]) -> dict[str, int]:
+    """(success, stages reached) per episode -> for the failed ones, the first of `stages` each never reached (or
+    "all stages reached") and how many stopped there. Works on `EvalResult.episodes` and on their JSON alike."""
+    counts: dict[str, int] = {}
+    for success, reached in episodes:
+        if success or not stages:
+            continue
+        missed = next((name for name in stages if name not in reached), None)
+        key = f"never {missed}" if missed else "all stages reached"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 @dataclass
 class EvalResult:
     env: str
@@ -61,14 +74,7 @@ class EvalResult:
     def failure_stages(self) -> dict[str, int]:
         """Where the failed episodes stopped: the first sub-goal (in the env's order) each never reached,
         or "all stages reached" when it reached every one and still failed. Empty when the env reports none."""
-        counts: dict[str, int] = {}
-        for r in self.episodes:
-            if r.success or not self.stages:
-                continue
-            missed = next((name for name in self.stages if name not in r.stages_reached), None)
-            key = f"never {missed}" if missed else "all stages reached"
-            counts[key] = counts.get(key, 0) + 1
-        return counts
+        return failure_stages([(r.success, r.stages_reached) for r in self.episodes], self.stages)
 
     def summary(self) -> str:
         lo, hi = self.ci95
